@@ -1,0 +1,5 @@
+import sys
+
+from budgetnet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,57 @@
+"""The `budgetnet` command. Thin: parse flags, call the library, print.
+
+Each command group lives in its own module and registers itself on `app`; `main()` is the
+one place that turns user errors into a single line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from budgetnet.errors import BudgetnetError
+
+app = typer.Typer(
+    name="budgetnet",
+    help="Design, train and ship the most accurate ResNet that fits a parameter budget.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+# Command modules register on `app` at import; imported here so `app` is complete.
+from budgetnet.cli import models as _models  # noqa: E402,F401
+from budgetnet.cli import data as _data  # noqa: E402,F401
+from budgetnet.cli import train as _train  # noqa: E402,F401
+from budgetnet.cli import search as _search  # noqa: E402,F401
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except BudgetnetError as exc:
+        print(f"budgetnet: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except typer.TyperException as exc:  # usage errors: unknown option, bad value, missing arg
+        print(f"budgetnet: error: {_one_line(exc.format_message())}", file=sys.stderr)
+        return 2
+    except typer.Abort:
+        print("budgetnet: aborted", file=sys.stderr)
+        return 130
+    except typer.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("budgetnet: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

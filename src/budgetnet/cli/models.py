@@ -1,0 +1,5 @@
+"""`budgetnet` models commands: summary, zoo, fit."""
+
+from __future__ import annotations
+
+from budgetnet.cli import app  # noqa: F401

@@ -1,0 +1,5 @@
+"""`budgetnet` train commands."""
+
+from __future__ import annotations
+
+from budgetnet.cli import app  # noqa: F401
