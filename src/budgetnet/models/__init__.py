@@ -1,0 +1,22 @@
+"""Models: the declarative `ResNetSpec`, the builder, exact budgets and the preset zoo."""
+
+from __future__ import annotations
+
+from budgetnet.models.budget import count_params, fit_to_budget, parse_budget, summarize
+from budgetnet.models.builder import build_model
+from budgetnet.models.spec import ResNetSpec, format_validation_error, load_model_section
+from budgetnet.models.zoo import PRESETS, get_preset, list_presets
+
+__all__ = [
+    "PRESETS",
+    "ResNetSpec",
+    "build_model",
+    "count_params",
+    "fit_to_budget",
+    "format_validation_error",
+    "get_preset",
+    "list_presets",
+    "load_model_section",
+    "parse_budget",
+    "summarize",
+]

@@ -1,0 +1,187 @@
+"""Small composable building blocks (timm-style): every residual block takes
+``(in_ch, out_ch, stride, *, kernels, skip_kernel, act)`` so the builder can swap them freely.
+
+All convolutions are bias-free and same-padded (odd kernels, padding k//2): a BatchNorm
+follows each of them, which makes a bias redundant.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from budgetnet.models.spec import BOTTLENECK_EXPANSION
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    # In-place is safe everywhere below: activations only ever consume a fresh BN/add output.
+    "relu": lambda: nn.ReLU(inplace=True),
+    "silu": lambda: nn.SiLU(inplace=True),
+    "gelu": nn.GELU,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    """A fresh activation module by name (relu, gelu, silu)."""
+    return _ACTIVATIONS[name]()
+
+
+def conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+    """Bias-free same-padded convolution."""
+    return nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False)
+
+
+class ConvBNAct(nn.Sequential):
+    """conv -> BN -> activation (the stem)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, act: str = "relu"):
+        super().__init__(
+            OrderedDict(
+                conv=conv(in_ch, out_ch, kernel, stride),
+                bn=nn.BatchNorm2d(out_ch),
+                act=make_activation(act),
+            )
+        )
+
+
+def shortcut(in_ch: int, out_ch: int, stride: int, kernel: int, norm: bool = True) -> nn.Module:
+    """Identity where the shape is kept, else a projection conv (+ BN unless pre-activated)."""
+    if stride == 1 and in_ch == out_ch:
+        return nn.Identity()
+    layers: OrderedDict[str, nn.Module] = OrderedDict(conv=conv(in_ch, out_ch, kernel, stride))
+    if norm:
+        layers["bn"] = nn.BatchNorm2d(out_ch)
+    return nn.Sequential(layers)
+
+
+class BasicBlock(nn.Module):
+    """conv-BN-act-conv-BN, plus shortcut, then act (He et al. 2015)."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        stride: int = 1,
+        *,
+        kernels: Sequence[int] = (3, 3),
+        skip_kernel: int = 1,
+        act: str = "relu",
+    ):
+        super().__init__()
+        k1, k2 = kernels
+        self.conv1 = conv(in_ch, out_ch, k1, stride)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.act1 = make_activation(act)
+        self.conv2 = conv(out_ch, out_ch, k2)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.shortcut = shortcut(in_ch, out_ch, stride, skip_kernel)
+        self.act2 = make_activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.act2(out + self.shortcut(x))
+
+
+class BottleneckBlock(nn.Module):
+    """1x1 reduce -> kxk (carries the stride) -> 1x1 expand, plus shortcut, then act."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        stride: int = 1,
+        *,
+        kernels: Sequence[int] = (3,),
+        skip_kernel: int = 1,
+        act: str = "relu",
+    ):
+        super().__init__()
+        (k,) = kernels
+        mid = out_ch // BOTTLENECK_EXPANSION
+        self.conv1 = conv(in_ch, mid, 1)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.act1 = make_activation(act)
+        self.conv2 = conv(mid, mid, k, stride)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.act2 = make_activation(act)
+        self.conv3 = conv(mid, out_ch, 1)
+        self.bn3 = nn.BatchNorm2d(out_ch)
+        self.shortcut = shortcut(in_ch, out_ch, stride, skip_kernel)
+        self.act3 = make_activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.act2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.act3(out + self.shortcut(x))
+
+
+class PreActBlock(nn.Module):
+    """BN-act-conv-BN-act-conv plus shortcut, no activation after the add (He et al. 2016).
+
+    The projection sees the already normalized input, so it is a bare conv (no BN).
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        stride: int = 1,
+        *,
+        kernels: Sequence[int] = (3, 3),
+        skip_kernel: int = 1,
+        act: str = "relu",
+    ):
+        super().__init__()
+        k1, k2 = kernels
+        self.bn1 = nn.BatchNorm2d(in_ch)
+        self.act1 = make_activation(act)
+        self.conv1 = conv(in_ch, out_ch, k1, stride)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.act2 = make_activation(act)
+        self.conv2 = conv(out_ch, out_ch, k2)
+        self.shortcut = shortcut(in_ch, out_ch, stride, skip_kernel, norm=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.act1(self.bn1(x))
+        skip = x if isinstance(self.shortcut, nn.Identity) else self.shortcut(pre)
+        out = self.conv1(pre)
+        out = self.conv2(self.act2(self.bn2(out)))
+        return out + skip
+
+
+BLOCKS: dict[str, type[nn.Module]] = {
+    "basic": BasicBlock,
+    "bottleneck": BottleneckBlock,
+    "preact": PreActBlock,
+}
+
+
+class ConvPoolStage(nn.Module):
+    """ResNet-9 / airbench stage: conv 3x3 -> MaxPool2d(pool) -> BN -> act -> residual blocks.
+
+    Pooling before BN and the activation is on purpose: with a 2x2 pool they then touch 4x
+    fewer elements, which matters on CPU.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        pool: int,
+        depth: int,
+        block: Callable[[int, int, int], nn.Module],
+        act: str = "relu",
+    ):
+        super().__init__()
+        self.conv = conv(in_ch, out_ch, 3)
+        self.pool = nn.MaxPool2d(pool) if pool > 1 else nn.Identity()
+        self.bn = nn.BatchNorm2d(out_ch)
+        self.act = make_activation(act)
+        self.blocks = nn.Sequential(*(block(out_ch, out_ch, 1) for _ in range(depth)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.act(self.bn(self.pool(self.conv(x)))))

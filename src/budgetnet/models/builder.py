@@ -1,0 +1,66 @@
+"""`ResNetSpec` -> `nn.Module`. The only place that turns a spec into layers, so counting
+(`budget.count_params` builds on the meta device) can never disagree with training."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from budgetnet.models.blocks import BLOCKS, ConvBNAct, ConvPoolStage, make_activation
+from budgetnet.models.spec import ResNetSpec
+
+
+class ResNet(nn.Module):
+    """stem -> layers -> (final BN-act for pre-activation nets) -> pool -> dropout -> Linear.
+
+    Keeps its `spec` so checkpoints, summaries and exports can say what was built.
+    """
+
+    def __init__(self, spec: ResNetSpec):
+        super().__init__()
+        self.spec = spec
+        block = partial(
+            BLOCKS[spec.block], kernels=spec.kernels, skip_kernel=spec.skip_kernel, act=spec.activation
+        )
+        self.stem = ConvBNAct(spec.in_channels, spec.stem_channels, spec.stem_kernel, act=spec.activation)
+        layers: list[nn.Module] = []
+        width = spec.stem_channels
+        for kind, depth, out, stride in zip(spec.layer_kinds, spec.blocks, spec.channels, spec.layer_strides):
+            if kind == "conv_pool":
+                layers.append(ConvPoolStage(width, out, stride, depth, block, act=spec.activation))
+            else:
+                # Only the first block changes stride/width; the rest are identity-skip blocks.
+                first = block(width, out, stride)
+                layers.append(nn.Sequential(first, *(block(out, out, 1) for _ in range(depth - 1))))
+            width = out
+        self.layers = nn.Sequential(*layers)
+        # A pre-activation block ends on an un-normalized sum; normalize once before the head.
+        ends_on_preact = spec.block == "preact" and (spec.layer_kinds[-1] == "residual" or spec.blocks[-1] > 0)
+        self.final = (
+            nn.Sequential(nn.BatchNorm2d(width), make_activation(spec.activation)) if ends_on_preact else nn.Identity()
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1) if spec.pool == "global" else nn.AvgPool2d(spec.pool)
+        self.dropout = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(spec.head_features, spec.classes)
+        self.head_scale = spec.head_scale
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            # Meta tensors (parameter counting) have no values to initialize, and touching
+            # them with init ops costs seconds of lazy imports.
+            if isinstance(m, nn.Conv2d) and not m.weight.is_meta:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.final(self.layers(self.stem(x)))
+        x = self.dropout(torch.flatten(self.pool(x), 1))
+        logits = self.fc(x)
+        return logits * self.head_scale if self.head_scale != 1.0 else logits
+
+
+def build_model(spec: ResNetSpec) -> ResNet:
+    """Build the network a spec describes (on the current default device)."""
+    return ResNet(spec)

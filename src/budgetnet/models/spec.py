@@ -1,0 +1,222 @@
+"""The declarative model spec: one pydantic model that describes every network budgetnet builds.
+
+A spec is data, not code, so the same network can come from a preset, a YAML file or CLI
+flags, be counted without building it, be searched over, and be saved next to a checkpoint.
+Optional fields left as ``None`` are *derived* (see the ``layer_*`` properties); `resolved()`
+writes them out so a saved spec keeps its meaning even if a default changes later.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from budgetnet.errors import BudgetnetError
+
+StageKind = Literal["residual", "conv_pool"]
+BlockType = Literal["basic", "bottleneck", "preact"]
+Activation = Literal["relu", "gelu", "silu"]
+
+# Inner width of a bottleneck block is channels / BOTTLENECK_EXPANSION (1x1 down, kxk, 1x1 up).
+BOTTLENECK_EXPANSION = 4
+
+
+def _odd_kernel(k: int) -> int:
+    if k % 2 == 0:
+        raise ValueError(f"kernel {k} is even; same padding needs an odd kernel (1, 3, 5, ...)")
+    return k
+
+
+Width = Annotated[int, Field(gt=0)]
+Kernel = Annotated[int, Field(gt=0), AfterValidator(_odd_kernel)]
+
+
+class ResNetSpec(BaseModel):
+    """A residual network for small images, described layer by layer.
+
+    A *layer* (stage) ``i`` has ``blocks[i]`` residual blocks of width ``channels[i]``.
+    ``stage_kinds[i]`` says how the layer enters its width:
+
+    * ``residual``: the classic stride-based stage; its first block applies ``strides[i]`` and
+      gets a projection shortcut (kernel ``skip_kernel``) where stride or width changes.
+    * ``conv_pool``: a ResNet-9 / airbench stage: conv 3x3 -> MaxPool2d(``strides[i]``) -> BN ->
+      activation, then ``blocks[i]`` (possibly 0) identity-skip blocks at that width. Pooling
+      before BN is deliberate: BN and the activation then touch 4x fewer elements.
+
+    ``channels`` is always the width a layer *outputs*, for every block type, so counts and
+    width fitting mean the same thing for all of them (a bottleneck's inner width is
+    ``channels / 4``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    blocks: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    channels: list[Width] = Field(min_length=1)
+    strides: list[Width] | None = None
+    stage_kinds: list[StageKind] | None = None
+    block: BlockType = "basic"
+    block_kernels: list[Kernel] | None = None
+    skip_kernel: Kernel = 1
+    stem_width: Width | None = None
+    stem_kernel: Kernel = 3
+    pool: Width | Literal["global"] = "global"
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    head_scale: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
+    activation: Activation = "relu"
+    classes: Width = 10
+    input_size: Width = 32
+    in_channels: Width = 3
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def layer_kinds(self) -> list[StageKind]:
+        return list(self.stage_kinds) if self.stage_kinds is not None else ["residual"] * self.num_layers
+
+    @property
+    def layer_strides(self) -> list[int]:
+        """Explicit strides, else 1 for the first residual layer and 2 elsewhere.
+
+        A conv_pool layer defaults to 2 even in first place: its whole point is the pool.
+        """
+        if self.strides is not None:
+            return list(self.strides)
+        return [1 if i == 0 and kind == "residual" else 2 for i, kind in enumerate(self.layer_kinds)]
+
+    @property
+    def kernels(self) -> list[int]:
+        """Kernels of the spatial convs inside a block: two for basic/preact, one (the middle
+        conv) for bottleneck, whose 1x1 convs are fixed."""
+        if self.block_kernels is not None:
+            return list(self.block_kernels)
+        return [3] if self.block == "bottleneck" else [3, 3]
+
+    @property
+    def stem_channels(self) -> int:
+        return self.stem_width if self.stem_width is not None else self.channels[0]
+
+    @property
+    def feature_sizes(self) -> list[int]:
+        """Side of the (square) feature map after each layer, at ``input_size``."""
+        sizes, side = [], self.input_size
+        for kind, stride in zip(self.layer_kinds, self.layer_strides):
+            # Odd-kernel same-padded conv with stride s gives ceil(side/s); MaxPool2d(s) floors.
+            side = math.ceil(side / stride) if kind == "residual" else side // stride
+            sizes.append(side)
+        return sizes
+
+    @property
+    def head_features(self) -> int:
+        """Inputs of the Linear head: channels times positions left after pooling."""
+        final = self.feature_sizes[-1]
+        positions = 1 if self.pool == "global" else (final // self.pool) ** 2
+        return self.channels[-1] * positions
+
+    def resolved(self) -> ResNetSpec:
+        """A copy with every derived field written out (for saving a spec to disk)."""
+        return self.model_copy(
+            update={
+                "strides": self.layer_strides,
+                "stage_kinds": self.layer_kinds,
+                "block_kernels": self.kernels,
+                "stem_width": self.stem_channels,
+            }
+        )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ResNetSpec:
+        n = self.num_layers
+        for name in ("channels", "strides", "stage_kinds"):
+            values = getattr(self, name)
+            if values is not None and len(values) != n:
+                raise ValueError(
+                    f"{name} has {len(values)} entries but blocks has {n}; give one per layer"
+                )
+        for i, (kind, count) in enumerate(zip(self.layer_kinds, self.blocks)):
+            if kind == "residual" and count == 0:
+                raise ValueError(
+                    f"blocks[{i}] is 0 but a residual layer needs at least one block "
+                    "(only conv_pool layers may have 0)"
+                )
+        want = 1 if self.block == "bottleneck" else 2
+        if len(self.kernels) != want:
+            raise ValueError(
+                f"block_kernels has {len(self.kernels)} entries but a {self.block} block has "
+                f"{want} spatial conv{'s' if want > 1 else ''}"
+            )
+        if self.block == "bottleneck":
+            for i, c in enumerate(self.channels):
+                if c % BOTTLENECK_EXPANSION:
+                    raise ValueError(
+                        f"channels[{i}] is {c}; bottleneck layers need a multiple of "
+                        f"{BOTTLENECK_EXPANSION} (the inner width is channels/{BOTTLENECK_EXPANSION})"
+                    )
+        sizes = self.feature_sizes
+        if sizes[-1] < 1:
+            raise ValueError(
+                f"strides {self.layer_strides} shrink the {self.input_size}x{self.input_size} "
+                "input to nothing; use smaller strides, fewer layers or a larger input_size"
+            )
+        if self.pool != "global" and self.pool > sizes[-1]:
+            raise ValueError(
+                f"pool {self.pool} is larger than the final {sizes[-1]}x{sizes[-1]} feature map; "
+                "use a pool of at most that size or pool: global"
+            )
+        return self
+
+
+def format_validation_error(exc: ValidationError, section: str | None = None) -> str:
+    """One line naming every bad field, e.g. ``model.channels[1]: Input should be greater
+    than 0 (got 0)``; `section` prefixes paths so the user knows which part of a config."""
+    parts = []
+    for err in exc.errors():
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        where = ".".join(p for p in (section, path) if p) or "value"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{where}' (check the spelling; keys use underscores)")
+            continue
+        if err["type"] in ("value_error", "missing"):  # nothing to quote, or already quoted
+            parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+            continue
+        got = repr(err.get("input"))
+        got = got if len(got) <= 40 else got[:37] + "..."
+        parts.append(f"{where}: {err['msg']} (got {got})")
+    return "; ".join(parts)
+
+
+def model_mapping(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The raw field mapping a model section stands for: a preset's fields (if it names one)
+    with the section's other keys laid over them. Not validated, so callers may add more
+    overrides first."""
+    if not isinstance(section, Mapping):
+        raise BudgetnetError(
+            f"the model section must be a mapping of ResNetSpec fields, got {type(section).__name__}"
+        )
+    fields = dict(section)
+    name = fields.pop("preset", None)
+    if name is None:
+        return fields
+    from budgetnet.models.zoo import get_preset  # zoo imports this module
+
+    # Only the preset's explicitly set fields, so derived ones (strides...) follow overrides.
+    base = get_preset(str(name)).model_dump(exclude_unset=True)
+    return {**base, **fields}
+
+
+def validate_spec(fields: Mapping[str, Any], section: str | None = "model") -> ResNetSpec:
+    """`ResNetSpec` from a field mapping, with errors as one-line `BudgetnetError`s."""
+    try:
+        return ResNetSpec.model_validate(dict(fields))
+    except ValidationError as exc:
+        raise BudgetnetError(f"invalid model spec: {format_validation_error(exc, section)}") from None
+
+
+def load_model_section(mapping: Mapping[str, Any], section: str | None = "model") -> ResNetSpec:
+    """A spec from a config's ``model:`` mapping: either a full spec or ``preset: NAME`` plus
+    overrides of any field. User mistakes become a one-line `BudgetnetError`."""
+    return validate_spec(model_mapping(mapping), section)
