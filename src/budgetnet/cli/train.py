@@ -1,5 +1,177 @@
-"""`budgetnet` train commands."""
+"""`budgetnet train` and `budgetnet evaluate`."""
 
 from __future__ import annotations
 
-from budgetnet.cli import app  # noqa: F401
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from budgetnet.cli import app
+from budgetnet.cli._data_options import (
+    DataPathOpt, DownloadOpt, NoCacheOpt, ResizeOpt, SplitSeedOpt, SubsetOpt, ValSizeOpt, data_overrides,
+)
+from budgetnet.cli._model_options import (
+    ActivationOption, BlockKernelsOption, BlockOption, BlocksOption, ChannelsOption, ClassesOption,
+    DropoutOption, HeadScaleOption, InputSizeOption, PoolOption, PresetOption, SkipKernelOption,
+    StageKindsOption, StemKernelOption, StemWidthOption, StridesOption, model_overrides,
+)
+from budgetnet.errors import BudgetnetError
+
+
+def _set(tree: dict[str, Any], section: str, key: str, value: Any) -> None:
+    if value is not None:
+        tree.setdefault(section, {})[key] = value
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Option("--config", help="Run config YAML (see configs/).")] = None,
+    recipe: Annotated[Optional[str], typer.Option("--recipe", help="A shipped recipe: flagship (default), long.")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run directory [default: runs/<name>-<time>].")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Run name, used in the directory name.")] = None,
+    data: DataPathOpt = None,
+    download: DownloadOpt = False,
+    resize: ResizeOpt = None,
+    val_size: ValSizeOpt = None,
+    split_seed: SplitSeedOpt = None,
+    subset: SubsetOpt = None,
+    no_cache: NoCacheOpt = False,
+    preset: PresetOption = None,
+    blocks: BlocksOption = None,
+    channels: ChannelsOption = None,
+    strides: StridesOption = None,
+    stage_kinds: StageKindsOption = None,
+    block_kernels: BlockKernelsOption = None,
+    skip_kernel: SkipKernelOption = None,
+    stem_width: StemWidthOption = None,
+    stem_kernel: StemKernelOption = None,
+    pool: PoolOption = None,
+    block: BlockOption = None,
+    activation: ActivationOption = None,
+    classes: ClassesOption = None,
+    dropout: DropoutOption = None,
+    input_size: InputSizeOption = None,
+    head_scale: HeadScaleOption = None,
+    budget: Annotated[Optional[str], typer.Option("--budget", help="Parameter budget, e.g. 5M.")] = None,
+    allow_over_budget: Annotated[bool, typer.Option("--allow-over-budget", help="Train even if over budget.")] = False,
+    epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    optimizer: Annotated[Optional[str], typer.Option("--optimizer", help="sgd, adam, adamw, adamax, adagrad, rmsprop, adadelta, asgd")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay")] = None,
+    schedule: Annotated[Optional[str], typer.Option("--schedule", help="constant, step, cosine, cosine_restarts, plateau, cyclic, onecycle, linear")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option("--label-smoothing")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="auto, fp32, bf16, fp16")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, mps")] = None,
+    compile_model: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads [default: all].")] = None,
+    patience: Annotated[Optional[int], typer.Option("--patience", help="Early stopping on val accuracy.")] = None,
+    on_nan: Annotated[Optional[str], typer.Option("--on-nan", help="stop (default) or skip the batch")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", help="Also checkpoint every N steps.")] = None,
+    max_train_seconds: Annotated[Optional[float], typer.Option("--max-train-seconds", help="Stop after this much training time.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="One plain line per epoch.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print summary.json at the end.")] = False,
+) -> None:
+    """Train a budgeted ResNet: the flagship recipe unless a config, recipe or model is named."""
+    from budgetnet.config import build_config, load_config, read_yaml_mapping
+    from budgetnet.train.engine import TrainingInterrupted
+    from budgetnet.train.engine import train as run_training
+
+    overrides: dict[str, Any] = {}
+    data_over = data_overrides(data, download, resize, input_size, val_size, split_seed, subset, no_cache)
+    if data_over:
+        overrides["data"] = data_over
+    model_over = model_overrides(
+        blocks=blocks, channels=channels, strides=strides, stage_kinds=stage_kinds, block_kernels=block_kernels,
+        skip_kernel=skip_kernel, stem_width=stem_width, stem_kernel=stem_kernel, pool=pool, block=block,
+        activation=activation, classes=classes, dropout=dropout, input_size=input_size, head_scale=head_scale,
+    )
+    if preset is not None:
+        model_over = {"preset": preset, **model_over}
+    elif {"blocks", "channels"} <= model_over.keys():
+        model_over = {"preset": None, **model_over}  # a fresh spec, not an edit of the recipe's model
+    if model_over:
+        overrides["model"] = model_over
+    for key, value in (("name", name), ("budget", budget)):
+        if value is not None:
+            overrides[key] = value
+    if allow_over_budget:
+        overrides["allow_over_budget"] = True
+    for key, value in (("epochs", epochs), ("batch_size", batch_size), ("seed", seed),
+                       ("label_smoothing", label_smoothing), ("precision", precision), ("device", device),
+                       ("compile", compile_model), ("threads", threads), ("on_nan", on_nan),
+                       ("checkpoint_every_steps", checkpoint_every), ("max_train_seconds", max_train_seconds)):
+        _set(overrides, "train", key, value)
+    if patience is not None:
+        _set(overrides, "train", "early_stopping", {"monitor": "val_acc", "patience": patience})
+    for key, value in (("name", optimizer), ("lr", lr), ("weight_decay", weight_decay)):
+        _set(overrides, "optim", key, value)
+    _set(overrides, "schedule", "name", schedule)
+
+    if resume is not None:
+        if config is not None or recipe is not None or overrides:
+            raise BudgetnetError("--resume continues a run with its saved config; drop the other options")
+        saved = resume / "config.yaml"
+        if not saved.is_file():
+            raise BudgetnetError(f"{resume} is not a budgetnet run directory (no config.yaml)")
+        cfg = build_config(read_yaml_mapping(saved), source=str(saved))
+        out = resume
+    else:
+        cfg = load_config(config, overrides, recipe=recipe)
+    if cfg.data.path is None and not cfg.data.download:
+        raise BudgetnetError("no data: pass --data PATH (or --download to fetch CIFAR-10)")
+    try:
+        result = run_training(cfg, out, resume=resume is not None, quiet=quiet)
+    except TrainingInterrupted as exc:
+        typer.echo(f"budgetnet: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    s = result.summary
+    if json_out:
+        typer.echo(json.dumps({"run_dir": str(result.run_dir), **s}, default=str))
+        return
+    best = f"{100 * s['best_val_acc']:.2f}% (epoch {s['best_epoch']})" if s["best_val_acc"] is not None else "n/a (no validation split)"
+    typer.echo(
+        f"run {result.run_dir}: {s['params']:,} params, best val acc {best}, "
+        f"{s['train_seconds']:.1f}s training, {s['wall_seconds']:.1f}s wall"
+    )
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A run directory (uses its best.pt) or a checkpoint file.")],
+    data: DataPathOpt = None,
+    split: Annotated[str, typer.Option("--split", help="val (the run's own split) or test")] = "val",
+    tta: Annotated[bool, typer.Option("--tta", help="Flip + translate test-time augmentation.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 1000,
+    device: Annotated[str, typer.Option("--device")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Accuracy, loss, per-class accuracy and confusion matrix of a trained model."""
+    from budgetnet.evaluate import evaluate_checkpoint, find_checkpoint, plot_confusion
+
+    if split not in ("val", "test"):
+        raise BudgetnetError(f"--split must be val or test, not {split!r}")
+    result, info = evaluate_checkpoint(run, data_path=data, split=split, tta=tta, batch_size=batch_size, device=device)
+    out_dir = find_checkpoint(run).parent
+    png = out_dir / f"confusion-{split}{'-tta' if tta else ''}.png"
+    plot_confusion(png, result, f"{split} accuracy {100 * result.accuracy:.2f}%")
+    report = {**info, **result.to_dict(), "confusion_png": str(png)}
+    if json_out:
+        typer.echo(json.dumps(report))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 120))
+    console.print(f"{info['checkpoint']} on {split}{' with TTA' if tta else ''}: "
+                  f"accuracy {100 * result.accuracy:.2f}%, loss {result.loss:.4f}, {report['images']} images")
+    table = Table("#", "class", "accuracy", *[str(i) for i in range(len(result.classes))],
+                  title="per-class accuracy; confusion matrix (rows: true class, columns: predicted #)")
+    for i, (cls, acc) in enumerate(zip(result.classes, result.per_class_accuracy)):
+        table.add_row(str(i), cls, f"{100 * acc:.1f}%", *[str(int(v)) for v in result.confusion[i]])
+    console.print(table)
+    console.print(f"confusion matrix saved to {png}")

@@ -282,3 +282,30 @@ for _preset in (
     ),
 ):
     register_preset(_preset)
+
+
+# budgetnet's own presets: the fast default (ResNet-9 / airbench-style stages, pooling before
+# BN so BN and ReLU touch 4x fewer elements) and its widest sibling under 5M for long runs.
+register_preset(
+    Preset(
+        "flagship",
+        ResNetSpec(
+            blocks=[1, 0, 1], channels=[64, 128, 256], stage_kinds=["conv_pool"] * 3,
+            stem_width=32, head_scale=0.125,
+        ),
+        "budgetnet (after Page's ResNet-9 and airbench)",
+        notes="The default of `budgetnet train`: a residual ResNet-9-style net sized for "
+        "time-to-accuracy on a 2-core CPU; see the README's results table.",
+    )
+)
+register_preset(
+    Preset(
+        "flagship_long",
+        ResNetSpec(
+            blocks=[1, 1, 1], channels=[128, 256, 352], stage_kinds=["conv_pool"] * 3,
+            stem_width=64, head_scale=0.125,
+        ),
+        "budgetnet (after Page's ResNet-9 and airbench)",
+        notes="The flagship's shape widened and deepened to just under 5M, for the long recipe.",
+    )
+)

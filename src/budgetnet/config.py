@@ -1,0 +1,130 @@
+"""The one run schema: every section of a run config, validated together.
+
+A run config is YAML; CLI flags override it; the resolved config (presets expanded, defaults
+filled in) is saved as `config.yaml` in every run directory, so any run can be repeated with
+`budgetnet train --config RUN/config.yaml`.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from budgetnet.data import AugmentConfig, DataConfig
+from budgetnet.errors import BudgetnetError
+from budgetnet.models import ResNetSpec, format_validation_error, get_preset, load_model_section, parse_budget
+from budgetnet.train.engine import TrainConfig
+from budgetnet.train.optim import OptimConfig
+from budgetnet.train.schedules import ScheduleConfig
+
+DEFAULT_RECIPE = "flagship"
+
+
+class RunConfig(BaseModel):
+    """Everything that defines a training run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("run", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    budget: int = 5_000_000
+    allow_over_budget: bool = False
+    model: ResNetSpec = Field(default_factory=lambda: get_preset(DEFAULT_RECIPE))
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _parse_budget(cls, value: Any) -> int:
+        try:
+            return parse_budget(value)
+        except BudgetnetError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _expand_preset(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            try:
+                return load_model_section(value)
+            except BudgetnetError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped with the package (`budgetnet train --recipe NAME`)."""
+    folder = resources.files("budgetnet") / "recipes"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def recipe_mapping(name: str) -> dict[str, Any]:
+    """The raw mapping of a shipped recipe."""
+    if name not in list_recipes():
+        raise BudgetnetError(f"unknown recipe {name!r}; choose one of: {', '.join(list_recipes())}")
+    text = (resources.files("budgetnet") / "recipes" / f"{name}.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; one-line errors for everything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise BudgetnetError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise BudgetnetError(f"config file {path} is not valid YAML{at}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BudgetnetError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` wins; nested mappings merge key by key. A model `preset` replaces the section."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and "preset" not in value:
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_config(mapping: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a run-config mapping; one-line BudgetnetError naming the bad field."""
+    try:
+        return RunConfig.model_validate(mapping)
+    except ValidationError as exc:
+        raise BudgetnetError(f"{source}: {format_validation_error(exc)}") from None
+
+
+def load_config(
+    path: Path | None = None, overrides: dict[str, Any] | None = None, recipe: str | None = None
+) -> RunConfig:
+    """Recipe <- YAML file <- overrides, validated as one RunConfig.
+
+    With no file, the recipe defaults to the flagship. A file stands on its own (pydantic
+    defaults fill what it omits, the model defaults to the flagship preset) unless a recipe is
+    named too, in which case the file overrides the recipe.
+    """
+    mapping = recipe_mapping(recipe or DEFAULT_RECIPE) if path is None or recipe else {}
+    if path is not None:
+        mapping = deep_merge(mapping, read_yaml_mapping(path))
+    mapping = deep_merge(mapping, overrides or {})
+    return build_config(mapping, source=str(path) if path else "config")
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML, loadable again by `load_config`."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
