@@ -1,0 +1,108 @@
+"""Training throughput: budgetnet's training step against the seeds' plain PyTorch loop.
+
+For each model (default: the flagship and seed 002's ResNet26-B453):
+- budgetnet: the real `budgetnet.train.train` path (device-resident uint8 data, batched
+  crop+flip, precision auto, channels_last), two epochs over `--images` images; the second
+  epoch's training seconds give images/s, so one-time warm-up (oneDNN primitive creation,
+  compilation) is excluded.
+- the seeds' way: fp32 eager, NCHW, a torch DataLoader with per-sample numpy crop+flip+
+  normalize and 2 workers, SGD momentum 0.9; timed after one warm-up step.
+Effective TFLOP/s = 3 x forward FLOPs per image x images/s (forward + backward ~ 3 forwards).
+
+    .venv/bin/python benchmarks/throughput.py [--data ZIP] [--models flagship,resnet26_b453]
+        [--images 2048] [--baseline-steps 4]
+
+The last line prints the headline ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).parent))
+from loader_throughput import PerSampleDataset  # noqa: E402  (same per-sample pipeline)
+
+from budgetnet.config import load_config  # noqa: E402
+from budgetnet.data import DataConfig, prepare_data  # noqa: E402
+from budgetnet.models import build_model, get_preset, summarize  # noqa: E402
+from budgetnet.train import train  # noqa: E402
+from budgetnet.train.engine import autocast_dtype  # noqa: E402
+
+
+def budgetnet_rate(preset: str, data: str, images: int, batch: int) -> tuple[float, str]:
+    """Images/s of the second epoch of a real budgetnet training run, and its precision."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(
+            overrides={
+                "model": {"preset": preset},
+                "data": {"path": data, "subset": images, "val_size": 0},
+                "augment": {"crop": {"padding": 4}, "flip": {"mode": "random"}},
+                "train": {"epochs": 2, "batch_size": batch, "tta": False},
+            }
+        )
+        result = train(cfg, Path(tmp) / "run", quiet=True)
+        with open(result.run_dir / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        seconds = float(rows[1]["train_seconds"]) - float(rows[0]["train_seconds"])
+        steps = images // batch
+        return steps * batch / seconds, result.summary["precision"]
+
+
+def seeds_way_rate(preset: str, x: np.ndarray, y: np.ndarray, batch: int, steps: int) -> float:
+    """Images/s of a plain fp32 eager loop fed by a per-sample DataLoader (2 workers)."""
+    model = build_model(get_preset(preset))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    loader = DataLoader(PerSampleDataset(x, y), batch, shuffle=True, drop_last=True, num_workers=2)
+    it = iter(loader)
+    for step in range(steps + 1):
+        if step == 1:
+            start = time.perf_counter()
+        xb, yb = next(it)
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_zip = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-train-jpg.zip"
+    parser.add_argument("--data", default=str(default_zip))
+    parser.add_argument("--models", default="flagship,resnet26_b453")
+    parser.add_argument("--images", type=int, default=2048, help="images per budgetnet epoch")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--baseline-steps", type=int, default=4)
+    args = parser.parse_args()
+
+    data = prepare_data(DataConfig(path=args.data, val_size=0, subset=args.images), "cpu")
+    x = data.train.x.permute(0, 2, 3, 1).numpy()
+    y = data.train.y.numpy()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"precision auto -> {autocast_dtype('auto', device) or 'fp32'}, batch {args.batch}")
+    headline = []
+    for preset in args.models.split(","):
+        flops = summarize(get_preset(preset)).flops
+        fast, precision = budgetnet_rate(preset, args.data, args.images, args.batch)
+        slow = seeds_way_rate(preset, x, y, args.batch, args.baseline_steps)
+        tflops = 3 * flops * fast / 1e12
+        print(f"{preset}: budgetnet {fast:7.1f} img/s ({tflops:.3f} TFLOP/s, {precision}) | "
+              f"seeds' way {slow:7.1f} img/s ({3 * flops * slow / 1e12:.3f} TFLOP/s, fp32) | "
+              f"ratio {fast / slow:.2f}x")
+        headline.append(f"{preset} {fast:.0f} img/s {tflops:.3f} TFLOP/s {fast / slow:.2f}x")
+    print("throughput: " + "; ".join(headline))
+
+
+if __name__ == "__main__":
+    main()

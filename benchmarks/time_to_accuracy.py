@@ -1,0 +1,79 @@
+"""Time-to-accuracy: training seconds until validation accuracy first reaches each threshold.
+
+Trains a shipped recipe (default: the flagship) on 45,000 images and validates on the other
+5,000 of the training split (stratified, split seed 0), once per seed. Validation runs after
+every epoch and is not counted as training time; compile/warm-up is inside the first epoch.
+
+    .venv/bin/python benchmarks/time_to_accuracy.py [--recipe flagship|long] [--seeds 0,1,2]
+        [--epochs N] [--max-train-seconds S] [--data ZIP] [--runs-dir DIR]
+
+The last line gives, per threshold, the mean and spread (min-max) of the seconds over the seeds
+that reached it, and how many did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from budgetnet.config import load_config
+from budgetnet.train import train
+from budgetnet.train.callbacks import read_metrics
+
+THRESHOLDS = (0.88, 0.90, 0.91, 0.92, 0.93)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_zip = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-train-jpg.zip"
+    parser.add_argument("--data", default=str(default_zip))
+    parser.add_argument("--recipe", default="flagship")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--max-train-seconds", type=float)
+    parser.add_argument("--runs-dir", default="runs/time-to-accuracy")
+    args = parser.parse_args()
+
+    reached: dict[float, list[float]] = {t: [] for t in THRESHOLDS}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for seed in seeds:
+        train_over = {"seed": seed}
+        if args.epochs:
+            train_over["epochs"] = args.epochs
+        if args.max_train_seconds:
+            train_over["max_train_seconds"] = args.max_train_seconds
+        cfg = load_config(
+            recipe=args.recipe,
+            overrides={
+                "name": f"{args.recipe}-seed{seed}",
+                "data": {"path": args.data, "val_size": 5000, "split_seed": 0},
+                "train": train_over,
+            },
+        )
+        result = train(cfg, runs_root=Path(args.runs_dir), quiet=True)
+        rows = read_metrics(result.run_dir / "metrics.csv")
+        firsts = {t: next((r["train_seconds"] for r in rows if r["val_acc"] >= t), None) for t in THRESHOLDS}
+        for t, sec in firsts.items():
+            if sec is not None:
+                reached[t].append(sec)
+        best = max(r["val_acc"] for r in rows)
+        print(json.dumps({
+            "recipe": args.recipe, "seed": seed, "run_dir": str(result.run_dir), "best_val_acc": best,
+            "train_seconds": result.summary["train_seconds"], "epochs": len(rows),
+            "seconds_to": {f"{100 * t:.0f}%": s for t, s in firsts.items()},
+        }), flush=True)
+
+    parts = []
+    for t, secs in reached.items():
+        if secs:
+            spread = f" [{min(secs):.0f}-{max(secs):.0f}]" if len(secs) > 1 else ""
+            parts.append(f"{100 * t:.0f}%: {statistics.mean(secs):.0f}s{spread} ({len(secs)}/{len(seeds)})")
+        else:
+            parts.append(f"{100 * t:.0f}%: not reached (0/{len(seeds)})")
+    print(f"time-to-accuracy {args.recipe}: " + "; ".join(parts))
+
+
+if __name__ == "__main__":
+    main()
