@@ -35,7 +35,9 @@ def _one_line(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Outside standalone mode click *returns* the code of a typer.Exit (e.g. 130 after an
+        # interrupted training) or of a Ctrl-C (KeyboardInterrupt -> 130) instead of raising it.
+        code = app(args=argv, standalone_mode=False)
     except BudgetnetError as exc:
         print(f"budgetnet: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("budgetnet: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,5 +1,120 @@
-"""`budgetnet` search commands."""
+"""`budgetnet search`: an Optuna search over a space file. Thin: the work is budgetnet.search.
+
+Imports of torch and optuna stay inside the command, so `budgetnet --help` stays fast.
+"""
 
 from __future__ import annotations
 
-from budgetnet.cli import app  # noqa: F401
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from budgetnet.cli import app
+from budgetnet.cli._data_options import DataPathOpt, DownloadOpt, SubsetOpt, ValSizeOpt, data_overrides
+from budgetnet.errors import BudgetnetError
+
+if TYPE_CHECKING:
+    from budgetnet.search import SearchResult
+
+
+@app.command()
+def search(
+    space: Annotated[Path, typer.Option("--space", help="Space file (YAML); see configs/search/.")],
+    budget: Annotated[Optional[str], typer.Option("--budget", help="Parameter budget, e.g. 5M [default: the space file's].")] = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="Finished trials the study should hold; trials already in it count.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs per trial (the most a pruner lets one run).")] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="SQLAlchemy URL of the study [default: sqlite:///OUT/study.db]; share one (e.g. postgresql://...) to run workers on several machines.")] = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="Study name [default: the space file's name].")] = None,
+    data: DataPathOpt = None,
+    download: DownloadOpt = False,
+    subset: SubsetOpt = None,
+    val_size: ValSizeOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Search directory [default: searches/<study>].")] = None,
+    sampler: Annotated[Optional[str], typer.Option("--sampler", help="tpe, random or grid [default: the space file's, else tpe].")] = None,
+    pruner: Annotated[Optional[str], typer.Option("--pruner", help="hyperband, halving or none [default: the space file's, else hyperband].")] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", min=0, help="Start no new trial after this many seconds.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Sampler seed (leave unset when several workers share a study).")] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Rows of the printed table.")] = 20,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Optuna's log and every trial's epoch lines.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary JSON instead of the table.")] = False,
+) -> None:
+    """Search models and training settings for the most accurate network under a budget."""
+    from budgetnet.search import load_space, run_search
+    from budgetnet.train.engine import TrainingInterrupted
+
+    spec = load_space(space)
+    name = study or space.stem
+    try:
+        result = run_search(
+            spec, out=out or Path("searches") / name, trials=trials, storage=storage, study_name=name,
+            sampler=sampler, pruner=pruner, budget=budget, epochs=epochs, timeout=timeout, seed=seed,
+            data_overrides=data_overrides(data, download, val_size=val_size, subset=subset),
+            quiet=json_out, verbose=verbose,
+        )
+    except TrainingInterrupted as exc:
+        typer.echo(f"budgetnet: search interrupted ({exc.run_dir}); run the same command again to continue, "
+                   "the interrupted trial resumes from its checkpoint", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    if json_out:
+        typer.echo(json.dumps(result.to_dict()))
+    else:
+        _print_report(result, top)
+    if result.best is None:
+        raise BudgetnetError(
+            f"no trial has completed ({result.counts['over budget']} over budget, {result.counts['error']} "
+            f"errors, {result.counts['pruned']} pruned); see {result.files['trials_csv']}"
+        )
+
+
+def _si(value: float | None) -> str:
+    if value is None:
+        return ""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.0f}"
+
+
+def _short_names(names: list[str]) -> dict[str, str]:
+    """`optim.lr` -> `lr` where the last part is unambiguous, to keep the table narrow."""
+    last = [n.rsplit(".", 1)[-1] for n in names]
+    return {n: s if last.count(s) == 1 else n for n, s in zip(names, last)}
+
+
+def _print_report(result: SearchResult, top: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:  # piped: don't fold the table to 80 columns
+        console.width = 200
+    rows: list[dict[str, Any]] = result.rows
+    short = _short_names(list(dict.fromkeys(n for r in rows for n in r["values"])))
+    counts = result.counts
+    table = Table(
+        "rank", "trial", "state", "val acc", "params", "FLOPs", "epochs", "train s", "key params",
+        title=f"Search {result.study!r}: {counts['complete']} complete, {counts['pruned']} pruned, "
+              f"{counts['over budget']} over budget, {counts['error']} errors (* Pareto front)",
+    )
+    for r in rows[:top]:
+        acc = "" if r["val_acc"] is None else f"{100 * r['val_acc']:.2f}%"
+        note = r["note"] if r["state"] not in ("complete", "pruned") else ""
+        table.add_row(
+            f"{r['rank']}{'*' if r['pareto'] else ''}", str(r["trial"]), r["state"], acc,
+            "" if r["params"] is None else f"{r['params']:,}", _si(r["flops"]),
+            "" if r["epochs"] is None else str(r["epochs"]),
+            "" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}",
+            " ".join(f"{short[k]}={v}" for k, v in r["values"].items()) + (f" ({note})" if note else ""),
+        )
+    console.print(table)
+    if len(rows) > top:
+        console.print(f"... {len(rows) - top} more rows in {result.files['trials_csv']}")
+    if result.best is not None:
+        b = result.best
+        console.print(f"best: trial {b['trial']}, validation accuracy {100 * b['val_acc']:.2f}%, "
+                      f"{b['params']:,} parameters; train it with: budgetnet train --config {b['config']}")
+    if result.importance_note:
+        console.print(result.importance_note)
+    console.print("wrote " + ", ".join(Path(p).name for p in result.files.values()) + f" in {result.out}")

@@ -1,0 +1,803 @@
+"""Optuna search for the most accurate network under a parameter budget.
+
+A *space file* (`SearchSpace`, YAML) names the run config every trial starts from (`base`) and
+the knobs to vary (`params`: dotted keys into that config, e.g. ``optim.lr``). A trial samples
+one value per knob, resolves them into a `RunConfig`, counts its parameters (instant, on the
+meta device) and rejects it untrained when it is over the budget. Otherwise it trains into
+``<out>/trials/<number>/`` (a normal run directory) and reports validation accuracy after
+every epoch, so a Hyperband or successive-halving pruner can stop weak candidates early.
+
+The study lives in a database, by default ``sqlite:///<out>/study.db``. ``trials`` counts the
+finished trials already there, so running a search again continues it, and any number of
+workers given the same SQLAlchemy URL (e.g. PostgreSQL) share one study.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import fcntl
+import io
+import json
+import math
+import os
+import re
+import sys
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, redirect_stderr
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NoReturn, get_args
+
+import optuna
+import sqlalchemy
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from budgetnet.config import DEFAULT_RECIPE, RunConfig, build_config, deep_merge, dump_config, load_config, read_yaml_mapping
+from budgetnet.errors import BudgetnetError
+from budgetnet.models import ResNetSpec, count_params, fit_to_budget, format_validation_error, parse_budget, summarize
+from budgetnet.models.spec import BOTTLENECK_EXPANSION, validate_spec
+from budgetnet.train.callbacks import read_metrics
+from budgetnet.train.checkpoint import atomic_write_bytes
+from budgetnet.train.engine import BEST, LAST, PREVIOUS, TrainingInterrupted, train
+
+SamplerName = Literal["tpe", "random", "grid"]
+PrunerName = Literal["hyperband", "halving", "none"]
+SAMPLERS: tuple[str, ...] = get_args(SamplerName)
+PRUNERS: tuple[str, ...] = get_args(PrunerName)
+
+# Not a run-config field: scales every layer's width of the resolved model by the sampled value.
+WIDTH_KEY = "width_multiplier"
+MODEL_KEYS = frozenset(ResNetSpec.model_fields) | {"preset"}
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Importance from fewer complete trials ranks parameters by noise.
+MIN_IMPORTANCE_TRIALS = 4
+# A worker killed outright (SIGKILL, power loss) leaves its trial RUNNING; once its heartbeat
+# is this stale the trial is failed and its parameters requeued.
+HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 120
+_PRIMITIVES = (str, int, float, bool, type(None))
+_SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class ParamSpec(BaseModel):
+    """One knob: `choices` (a list of YAML values, or a mapping label -> value) or a numeric
+    range `low`..`high` (integers if both are written as integers) with an optional `step` or
+    `log`. A choice replaces what the base has at the key; with `merge`, a mapping choice is
+    laid over it instead (nested keys merged)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    choices: list[Any] | dict[str, Any] | None = None
+    low: int | float | None = None
+    high: int | float | None = None
+    step: int | float | None = Field(None, gt=0)
+    log: bool = False
+    merge: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ParamSpec:
+        ranged = self.low is not None or self.high is not None or self.step is not None or self.log
+        if self.choices is not None:
+            if ranged:
+                raise ValueError("give either choices or a low/high range, not both")
+            if not self.choices:
+                raise ValueError("choices is empty; give at least one")
+            labels = self.labels
+            if len(set(labels)) != len(labels):
+                raise ValueError("choices has duplicates; give each value once")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give choices, or a range with both low and high")
+        if self.merge:
+            raise ValueError("merge applies to mapping choices, not to a range")
+        if self.low > self.high:
+            raise ValueError(f"low {self.low} is above high {self.high}")
+        if self.log and self.step is not None:
+            raise ValueError("a range takes step or log, not both")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+    @property
+    def is_int(self) -> bool:
+        bounds = (self.low, self.high, 1 if self.step is None else self.step)
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in bounds)
+
+    @property
+    def values(self) -> list[Any]:
+        assert self.choices is not None
+        return list(self.choices.values()) if isinstance(self.choices, dict) else list(self.choices)
+
+    @property
+    def labels(self) -> list[Any]:
+        """What Optuna stores for each choice. Its categorical values must be hashable
+        primitives, so lists and mappings are stored as their compact JSON."""
+        assert self.choices is not None
+        if isinstance(self.choices, dict):
+            return list(self.choices)
+        if all(isinstance(c, _PRIMITIVES) for c in self.choices):
+            return list(self.choices)
+        return [json.dumps(c, sort_keys=True, separators=(",", ":"), default=str) for c in self.choices]
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        """Sample this knob in `trial`; choices come back decoded to their YAML values."""
+        if self.choices is not None:
+            label = trial.suggest_categorical(name, self.labels)
+            return dict(zip(self.labels, self.values))[label]
+        if self.is_int:
+            return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(name, float(self.low), float(self.high), step=self.step, log=self.log)
+
+
+class FillBudget(BaseModel):
+    """Fit every sampled shape to the budget with `fit_to_budget`: `width` scales all widths
+    (keeping their ratios) to the largest that fits, `depth` adds blocks round-robin from the
+    sampled ones. A shape whose smallest form is over the budget is rejected untrained."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["width", "depth"]
+    multiple: int = Field(1, ge=1, description="width mode: channels snap to a multiple of this")
+
+
+class SearchSpace(BaseModel):
+    """A space file: the base run config, the knobs to vary, and search defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: str | dict[str, Any] | None = Field(
+        None,
+        description="a recipe name, a run-config file (relative to the space file), or a mapping "
+        "with optional `recipe` and `config` keys plus inline run-config sections; absent: the "
+        "flagship recipe",
+    )
+    budget: int | None = None
+    fill_budget: FillBudget | None = None
+    params: dict[str, ParamSpec] = Field(min_length=1)
+    trials: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1)
+    sampler: SamplerName = "tpe"
+    pruner: PrunerName = "hyperband"
+    seed: int | None = None
+    _root: Path = PrivateAttr(default_factory=lambda: Path("."))
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _parse_budget(cls, value: Any) -> int | None:
+        if value is None:
+            return None
+        try:
+            return parse_budget(value)
+        except BudgetnetError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("fill_budget", mode="before")
+    @classmethod
+    def _fill_shorthand(cls, value: Any) -> Any:
+        return {"mode": value} if isinstance(value, str) else value
+
+    @field_validator("params")
+    @classmethod
+    def _known_keys(cls, params: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+        sections = ", ".join(RunConfig.model_fields)
+        for name, spec in params.items():
+            if name == WIDTH_KEY:
+                continue
+            parts = name.split(".")
+            if not all(_SEGMENT.fullmatch(p) for p in parts):
+                raise ValueError(f"parameter {name!r} must be a dotted key such as optim.lr")
+            if parts[0] not in RunConfig.model_fields:
+                raise ValueError(f"parameter {name!r} must start with a run-config section ({sections}) or be {WIDTH_KEY}")
+            if parts[0] == "model" and len(parts) > 1 and parts[1] not in MODEL_KEYS:
+                raise ValueError(f"parameter {name!r}: {parts[1]!r} is not a model field (see budgetnet summary --help)")
+            if name == "model" and spec.choices is not None:
+                for value in spec.values:
+                    if not isinstance(value, dict) or not set(value) <= MODEL_KEYS:
+                        raise ValueError(f"every choice of parameter 'model' must be a mapping of model fields, got {value!r}")
+        return params
+
+    @model_validator(mode="after")
+    def _width_knob(self) -> SearchSpace:
+        width = self.params.get(WIDTH_KEY)
+        if width is None:
+            return self
+        if self.fill_budget is not None and self.fill_budget.mode == "width":
+            raise ValueError(f"fill_budget: width already sets the width; drop {WIDTH_KEY} or fill by depth")
+        factors = width.values if width.choices is not None else [width.low, width.high]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in factors):
+            raise ValueError(f"{WIDTH_KEY} must be positive numbers (choices or a low/high range)")
+        return self
+
+    def base_mapping(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The run config trials start from, as a plain mapping: the base (recipe <- config file
+        <- inline sections), then this file's budget and epochs, then `overrides`. As with
+        `load_config`, inline sections without a recipe or file stand on their own (defaults
+        fill the rest) and no base at all means the flagship recipe."""
+        if self.base is None:
+            base: dict[str, Any] = {"recipe": DEFAULT_RECIPE}
+        elif isinstance(self.base, str):
+            base = {"config": self.base} if self.base.endswith((".yaml", ".yml")) else {"recipe": self.base}
+        else:
+            base = self.base
+        inline = dict(base)
+        recipe, config = inline.pop("recipe", None), inline.pop("config", None)
+        if not isinstance(recipe, (str, type(None))) or not isinstance(config, (str, type(None))):
+            raise BudgetnetError("base: recipe and config must be a name and a file path")
+        own: dict[str, Any] = {}
+        if self.budget is not None:
+            own["budget"] = self.budget
+        if self.epochs is not None:
+            own["train"] = {"epochs": self.epochs}
+        inline = deep_merge(deep_merge(inline, own), dict(overrides or {}))
+        if recipe is None and config is None:
+            return build_config(inline, source="base").model_dump(mode="json")
+        path = self._root / config if config is not None else None
+        return load_config(path, inline, recipe=recipe).model_dump(mode="json")
+
+    def resolve(self, values: Mapping[str, Any], base: Mapping[str, Any]) -> RunConfig:
+        """The run config of one candidate: `values` (param -> value) laid over `base` in the
+        order the params are written, then the width multiplier or budget fill applied to the
+        model. `BudgetnetError` when the combination is not a valid config; an unfillable shape
+        comes back unfitted (over the budget) for the caller to reject."""
+        tree = copy.deepcopy(dict(base))
+        for name, value in values.items():
+            if name != WIDTH_KEY:
+                _set_in(tree, name, value, self.params[name].merge)
+        cfg = build_config(tree, source="candidate")
+        spec = cfg.model
+        if WIDTH_KEY in values:
+            spec = _scale_widths(spec, float(values[WIDTH_KEY]))
+        if self.fill_budget is not None:
+            fill = self.fill_budget
+            try:
+                spec = fit_to_budget(
+                    cfg.budget, mode=fill.mode, base=spec, multiple=fill.multiple,
+                    blocks=spec.blocks if fill.mode == "depth" else None,
+                )
+            except BudgetnetError:
+                if count_params(spec) <= cfg.budget:
+                    raise  # not a budget problem: report it as the candidate's error
+        return cfg.model_copy(update={"model": spec})
+
+    def grid(self) -> dict[str, list[Any]]:
+        """The grid sampler's space: each choice label, or each integer of an int range."""
+        grid: dict[str, list[Any]] = {}
+        for name, spec in self.params.items():
+            if spec.choices is not None:
+                grid[name] = spec.labels
+            elif spec.is_int:
+                grid[name] = list(range(int(spec.low), int(spec.high) + 1, int(spec.step or 1)))
+            else:
+                raise BudgetnetError(
+                    f"the grid sampler needs choices or an integer range for every parameter; {name} is a "
+                    "float range (list its values as choices, or use --sampler tpe)"
+                )
+        return grid
+
+    def check(self) -> None:
+        """Fail early on knobs that can never fit the run config: each choice (or both ends of
+        a range) of every non-model knob is validated on the base alone. Model knobs are only
+        checked by name here: their values may be valid only together (blocks with channels)."""
+        base = self.base_mapping()
+        for name, spec in self.params.items():
+            if name == WIDTH_KEY or name.split(".")[0] == "model":
+                continue
+            for value in spec.values if spec.choices is not None else [spec.low, spec.high]:
+                tree = copy.deepcopy(base)
+                _set_in(tree, name, value, spec.merge)
+                try:
+                    RunConfig.model_validate(tree)
+                except ValidationError as exc:
+                    raise BudgetnetError(f"params.{name}: {value!r} does not fit the run config: {format_validation_error(exc)}") from None
+
+
+def _set_in(tree: dict[str, Any], key: str, value: Any, merge: bool) -> None:
+    """Put `value` at dotted `key` of `tree` (in place), making missing mappings on the way."""
+    *parents, last = key.split(".")
+    node = tree
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    value = copy.deepcopy(value)
+    if merge and isinstance(value, dict) and isinstance(node.get(last), dict):
+        node[last] = deep_merge(node[last], value)
+    else:
+        node[last] = value
+
+
+def _scale_widths(spec: ResNetSpec, factor: float) -> ResNetSpec:
+    snap = BOTTLENECK_EXPANSION if spec.block == "bottleneck" else 1
+
+    def scaled(width: int) -> int:
+        return max(snap, snap * math.floor(width * factor / snap + 0.5))
+
+    fields = spec.model_dump(exclude_unset=True)
+    fields["channels"] = [scaled(c) for c in spec.channels]
+    if spec.stem_width is not None:
+        fields["stem_width"] = scaled(spec.stem_width)
+    return validate_spec(fields)
+
+
+def load_space(path: Path | str) -> SearchSpace:
+    """Read and validate a space file; every problem is a one-line `BudgetnetError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise BudgetnetError(f"space file {path} does not exist")
+    try:
+        space = SearchSpace.model_validate(read_yaml_mapping(path))
+    except ValidationError as exc:
+        raise BudgetnetError(f"{path}: {format_validation_error(exc)}") from None
+    space._root = path.parent
+    try:
+        space.check()
+    except BudgetnetError as exc:
+        raise BudgetnetError(f"{path}: {exc}") from None
+    return space
+
+
+# ---- running a study ---------------------------------------------------------------------
+
+
+@dataclass
+class SearchResult:
+    """What a search left in `out`: the ranked trials (as in trials.csv), the best trial,
+    parameter importances (or why there are none) and the files written."""
+
+    out: Path
+    study: str
+    storage: str  # the URL with any password hidden
+    rows: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    importance: dict[str, float] | None
+    importance_note: str | None
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = {s: 0 for s in ("complete", "pruned", "over budget", "error", "failed", "running", "waiting")}
+        for row in self.rows:
+            counts[row["state"]] += 1
+        return {"total": len(self.rows), **counts}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study": self.study, "storage": self.storage, "out": str(self.out), "trials": self.counts,
+            "best": self.best, "importance": self.importance, "importance_note": self.importance_note,
+            "files": self.files,
+        }
+
+
+def run_search(
+    space: SearchSpace,
+    *,
+    out: Path | str,
+    trials: int | None = None,
+    storage: str | None = None,
+    study_name: str = "search",
+    sampler: SamplerName | None = None,
+    pruner: PrunerName | None = None,
+    budget: int | str | None = None,
+    epochs: int | None = None,
+    data_overrides: Mapping[str, Any] | None = None,
+    timeout: float | None = None,
+    seed: int | None = None,
+    quiet: bool = True,
+    verbose: bool = False,
+) -> SearchResult:
+    """Run (or continue) the study until it holds `trials` finished trials, then write
+    trials.csv, pareto.png, importance.png, best.yaml and summary.json into `out`.
+
+    `trials`, `sampler`, `pruner`, `epochs` and `seed` default to the space file's; `budget`,
+    `epochs` and `data_overrides` override its base config. `timeout` (seconds) stops starting
+    new trials. `quiet=False` prints a line per finished trial on stderr; `verbose` adds
+    Optuna's log and each trial's epoch lines.
+    """
+    sampler = sampler or space.sampler
+    pruner = pruner or space.pruner
+    if sampler not in SAMPLERS:
+        raise BudgetnetError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+    if pruner not in PRUNERS:
+        raise BudgetnetError(f"unknown pruner {pruner!r}; choose one of: {', '.join(PRUNERS)}")
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+    overrides: dict[str, Any] = {}
+    if data_overrides:
+        overrides["data"] = dict(data_overrides)
+    if budget is not None:
+        overrides["budget"] = parse_budget(budget)
+    if epochs is not None:
+        overrides["train"] = {"epochs": epochs}
+    base = space.base_mapping(overrides)
+    base_cfg = build_config(base)
+    _check_data(base_cfg)
+    grid = space.grid() if sampler == "grid" else None
+    total = trials or space.trials or (math.prod(len(v) for v in grid.values()) if grid else None)
+    if total is None:
+        raise BudgetnetError("how many trials? pass --trials N (or put trials: N in the space file)")
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{out / 'study.db'}"
+    # Searched epochs vary per trial, so Hyperband then learns its top rung from the trials.
+    max_epochs: int | str = "auto" if "train.epochs" in space.params else base_cfg.train.epochs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat
+        study = _open_study(
+            url, study_name, out, _make_sampler(sampler, grid, seed if seed is not None else space.seed, total),
+            _make_pruner(pruner, max_epochs), base_cfg.budget,
+        )
+        remaining = total - len(study.get_trials(deepcopy=False, states=FINISHED))
+        if remaining > 0:
+            callbacks = [optuna.study.MaxTrialsCallback(total, states=FINISHED)]  # other workers' trials count too
+            if not quiet:
+                callbacks.append(_print_trial)
+            study.optimize(
+                _Objective(space, base, out, verbose), n_trials=remaining, timeout=timeout,
+                callbacks=callbacks, gc_after_trial=True,
+            )
+    return write_report(study, out, url)
+
+
+def _check_data(cfg: RunConfig) -> None:
+    """Problems every trial would hit, reported once instead of as N failed trials."""
+    if cfg.data.path is None and not cfg.data.download:
+        raise BudgetnetError("no data: pass --data PATH (or --download to fetch CIFAR-10)")
+    if cfg.data.path is not None and not cfg.data.download and not Path(cfg.data.path).expanduser().exists():
+        raise BudgetnetError(f"dataset {cfg.data.path} does not exist; check --data")
+    if cfg.data.val_size == 0:
+        raise BudgetnetError("a search ranks trials by validation accuracy; --val-size must be above 0")
+
+
+def _make_sampler(name: str, grid: dict[str, list[Any]] | None, seed: int | None, total: int) -> optuna.samplers.BaseSampler:
+    if name == "grid":
+        assert grid is not None
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # Optuna's 10 random start-up trials would be most of a short search.
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, total // 4)))
+
+
+def _make_pruner(name: str, max_epochs: int | str) -> optuna.pruners.BasePruner:
+    # Rungs at 1, 3, 9, ... epochs: a third of the trials reaching a rung go on to the next.
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive flock: workers starting together on one machine must not both create the
+    SQLite schema or the study."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _hide_password(url: str) -> str:
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
+def _open_study(
+    url: str, name: str, out: Path, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
+    budget: int,
+) -> optuna.Study:
+    # SQLite's default 5 s busy timeout is too short for several workers writing at once.
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    leftovers = (out / "trials").is_dir() and any((out / "trials").iterdir())  # before counting: see below
+    try:
+        with _locked(out / ".study.lock"):
+            storage = optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=lambda study, trial: _requeue(study, trial.number, trial.params),
+            )
+            study = optuna.create_study(
+                storage=storage, study_name=name, sampler=sampler, pruner=pruner, direction="maximize",
+                load_if_exists=True,
+            )
+            if "budget" not in study.user_attrs:
+                study.set_user_attr("budget", budget)
+    except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError) as exc:
+        raise BudgetnetError(f"cannot open study {name!r} in {_hide_password(url)}: {exc}") from None
+    if study.user_attrs["budget"] != budget:
+        raise BudgetnetError(
+            f"study {name!r} searches under a budget of {study.user_attrs['budget']:,}, not {budget:,}; "
+            "use another --study or --out for a new budget"
+        )
+    # A trial directory exists only after its trial does, so trial dirs here with no trials in
+    # the study mean another study's leftovers, whose numbers would clash with this one's.
+    if leftovers and not study.get_trials(deepcopy=False):
+        raise BudgetnetError(
+            f"{out / 'trials'} holds trials of another study; use a new --out, or the study's own --storage/--study"
+        )
+    return study
+
+
+def _requeue(study: optuna.Study, number: int, params: dict[str, Any]) -> None:
+    """Queue an interrupted trial's parameters again; the retry resumes its run directory."""
+    study.enqueue_trial(params, user_attrs={"resume_of": number})
+
+
+def _prune(trial: optuna.Trial, note: str, **attrs: Any) -> NoReturn:
+    """End a trial as pruned, so it counts as done and TPE learns to avoid its region."""
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("note", " ".join(note.split())[:300])
+    raise optuna.TrialPruned(note)
+
+
+@contextmanager
+def _silenced(enabled: bool) -> Iterator[None]:
+    """Hide a trial's per-epoch lines (the engine prints them on stderr)."""
+    if not enabled:
+        yield
+        return
+    with open(os.devnull, "w") as sink, redirect_stderr(sink):
+        yield
+
+
+def _drop_checkpoints(run_dir: Path, keep_best: bool) -> None:
+    """A finished trial never resumes: keep only a complete trial's best.pt (disk: a 5M-param
+    trial would otherwise leave 60 MB of checkpoints)."""
+    for name in (LAST, PREVIOUS) if keep_best else (LAST, PREVIOUS, BEST):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+class _Objective:
+    """One trial: sample, resolve, reject over budget, train with per-epoch pruning."""
+
+    def __init__(self, space: SearchSpace, base: dict[str, Any], out: Path, verbose: bool) -> None:
+        self.space, self.base, self.out, self.verbose = space, base, out, verbose
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self._run(trial)
+        except (TrainingInterrupted, KeyboardInterrupt):
+            trial.set_user_attr("note", "interrupted; requeued")
+            _requeue(trial.study, trial.number, trial.params)
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
+        # Every knob is suggested, also for a retry (whose values are fixed), so each trial
+        # row carries its parameters.
+        values = {name: spec.suggest(trial, name) for name, spec in self.space.params.items()}
+        resumed = self._resumable(trial)
+        if resumed is not None:
+            cfg, run_dir = resumed
+        else:
+            try:
+                cfg = self.space.resolve(values, self.base)
+            except BudgetnetError as exc:
+                _prune(trial, f"error: {exc}", error=True)
+            run_dir = self.out / "trials" / str(trial.number)
+        counted = summarize(cfg.model, cfg.budget)
+        trial.set_user_attr("params", counted.params)
+        trial.set_user_attr("flops", counted.flops)
+        if counted.params > cfg.budget:
+            _prune(trial, f"over budget: {counted.params:,} > {cfg.budget:,} parameters", over_budget=True)
+        trial.set_user_attr("run_dir", run_dir.relative_to(self.out).as_posix())
+        trial.set_user_attr("config", cfg.model_dump(mode="json"))
+        if resumed is not None:
+            for row in read_metrics(run_dir / "metrics.csv"):  # the pruner sees the epochs done before
+                trial.report(row["val_acc"], int(row["epoch"]))
+        try:
+            with _silenced(not self.verbose):
+                result = train(cfg, run_dir, resume=resumed is not None, quiet=True,
+                               on_epoch_end=lambda row: self._epoch_end(trial, row, cfg.train.epochs))
+        except optuna.TrialPruned:
+            _drop_checkpoints(run_dir, keep_best=False)
+            raise
+        # Divergence, a batch larger than the data, a candidate too big for the device's memory:
+        # that candidate's problem, not the search's.
+        except (BudgetnetError, torch.OutOfMemoryError) as exc:
+            _drop_checkpoints(run_dir, keep_best=False)
+            _prune(trial, f"error: {exc}", error=True)
+        _drop_checkpoints(run_dir, keep_best=True)
+        s = result.summary
+        trial.set_user_attr("epochs_run", s["epochs_run"])
+        trial.set_user_attr("train_seconds", s["train_seconds"])
+        return float(s["best_val_acc"])
+
+    def _resumable(self, trial: optuna.Trial) -> tuple[RunConfig, Path] | None:
+        """For a requeued trial whose original run left a checkpoint here: that run's config
+        and directory. Elsewhere (another machine, or killed before its first checkpoint) the
+        retry trains afresh."""
+        number = trial.user_attrs.get("resume_of")
+        if number is None:
+            return None
+        origin = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == number)
+        if "config" not in origin.user_attrs or not (self.out / origin.user_attrs["run_dir"] / LAST).exists():
+            return None
+        trial.set_user_attr("note", f"resumed trial {number}")
+        return build_config(origin.user_attrs["config"]), self.out / origin.user_attrs["run_dir"]
+
+    def _epoch_end(self, trial: optuna.Trial, row: dict[str, float], epochs: int) -> None:
+        epoch = int(row["epoch"])
+        trial.report(row["val_acc"], epoch)
+        trial.set_user_attr("epochs_run", epoch)
+        trial.set_user_attr("train_seconds", row["train_seconds"])
+        # Pruning after the last epoch would save nothing and throw a finished result away.
+        if epoch < epochs and trial.should_prune():
+            _prune(trial, f"pruned after epoch {epoch}")
+
+
+# ---- reporting ---------------------------------------------------------------------------
+
+
+def _state(t: FrozenTrial) -> str:
+    if t.state == TrialState.PRUNED:
+        return "over budget" if t.user_attrs.get("over_budget") else "error" if t.user_attrs.get("error") else "pruned"
+    return {TrialState.COMPLETE: "complete", TrialState.FAIL: "failed", TrialState.RUNNING: "running",
+            TrialState.WAITING: "waiting"}[t.state]
+
+
+def _val_acc(t: FrozenTrial) -> float | None:
+    """A complete trial's value; for a pruned one the best epoch it reached (fewer epochs, so
+    not comparable with complete ones: they rank below them)."""
+    if t.state == TrialState.COMPLETE:
+        return t.value
+    return max(t.intermediate_values.values()) if t.intermediate_values else None
+
+
+def trial_rows(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
+    """One row per trial, ranked: complete by validation accuracy, then pruned by the accuracy
+    they reached, then the rest; ties go to fewer parameters. `pareto` marks complete trials on the params/accuracy front."""
+    rows = []
+    for t in trials:
+        rows.append({
+            "trial": t.number, "state": _state(t), "val_acc": _val_acc(t), "params": t.user_attrs.get("params"),
+            "flops": t.user_attrs.get("flops"), "epochs": t.user_attrs.get("epochs_run"),
+            "train_seconds": t.user_attrs.get("train_seconds"), "pareto": False,
+            "note": t.user_attrs.get("note", ""), "run_dir": t.user_attrs.get("run_dir", ""), "values": dict(t.params),
+        })
+    group = {"complete": 0, "pruned": 1}
+    # Equal accuracy: the smaller network first (it leaves budget for width or an ensemble).
+    rows.sort(key=lambda r: (group.get(r["state"], 2), r["val_acc"] is None, -(r["val_acc"] or 0.0),
+                             r["params"] if r["params"] is not None else math.inf, r["trial"]))
+    best = -math.inf
+    for row in sorted((r for r in rows if r["state"] == "complete"), key=lambda r: (r["params"], -r["val_acc"])):
+        if row["val_acc"] > best:
+            row["pareto"], best = True, row["val_acc"]
+    return [{"rank": i, **row} for i, row in enumerate(rows, 1)]
+
+
+def write_report(study: optuna.Study, out: Path, url: str) -> SearchResult:
+    """Write trials.csv, pareto.png, importance.png (when it can be computed), best.yaml and
+    summary.json for the study as it is now."""
+    trials = study.get_trials(deepcopy=False)
+    rows = trial_rows(trials)
+    files = {"trials_csv": str(out / "trials.csv"), "pareto_png": str(out / "pareto.png")}
+    _write_csv(out / "trials.csv", rows)
+    _plot_pareto(out / "pareto.png", rows, study.user_attrs.get("budget"))
+    importance, note = _importance(study)
+    if importance is not None:
+        _plot_importance(out / "importance.png", importance)
+        files["importance_png"] = str(out / "importance.png")
+    best = None
+    top = next((r for r in rows if r["state"] == "complete"), None)
+    if top is not None:
+        config = build_config(next(t for t in trials if t.number == top["trial"]).user_attrs["config"])
+        path = out / "best.yaml"
+        header = (
+            f"# Best trial {top['trial']} of search {study.study_name!r}: validation accuracy "
+            f"{100 * top['val_acc']:.2f}%, {top['params']:,} parameters.\n# Train it: budgetnet train --config {path}\n"
+        )
+        atomic_write_bytes(path, (header + dump_config(config)).encode())
+        files["best_yaml"] = str(path)
+        best = {k: top[k] for k in ("trial", "val_acc", "params", "flops", "epochs", "train_seconds", "run_dir", "values")}
+        best["config"] = str(path)
+    result = SearchResult(out, study.study_name, _hide_password(url), rows, best, importance, note, files)
+    files["summary_json"] = str(out / "summary.json")
+    atomic_write_bytes(out / "summary.json", (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+    return result
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    names = list(dict.fromkeys(name for row in rows for name in row["values"]))
+    columns = ["rank", "trial", "state", "val_acc", "params", "flops", "epochs", "train_seconds", "pareto", "note", "run_dir"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns + names)
+    for row in rows:
+        cells = ["" if row[c] is None else f"{row[c]:.6g}" if isinstance(row[c], float) else row[c] for c in columns]
+        writer.writerow(cells + [row["values"].get(n, "") for n in names])
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_pareto(path: Path, rows: list[dict[str, Any]], budget: int | None) -> None:
+    """Validation accuracy against parameters: complete trials, the front of the best accuracy
+    for fewer parameters, pruned trials faintly (their accuracy is from fewer epochs)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pruned = [r for r in rows if r["state"] == "pruned" and r["val_acc"] is not None]
+    done = [r for r in rows if r["state"] == "complete"]
+    front = sorted((r for r in done if r["pareto"]), key=lambda r: r["params"])
+    if pruned:
+        ax.scatter([r["params"] for r in pruned], [100 * r["val_acc"] for r in pruned], s=12, c="0.75", label="pruned (partial)")
+    if done:
+        ax.scatter([r["params"] for r in done], [100 * r["val_acc"] for r in done], s=20, c="tab:blue", label="complete")
+        ax.step([r["params"] for r in front], [100 * r["val_acc"] for r in front], where="post", c="tab:red",
+                marker="o", ms=5, label="Pareto front")
+        for r in front:
+            ax.annotate(str(r["trial"]), (r["params"], 100 * r["val_acc"]), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    if budget:
+        ax.axvline(budget, ls="--", c="0.4", lw=1, label=f"budget {budget:,}")
+    if not (done or pruned):
+        ax.text(0.5, 0.5, "no trial has trained yet", ha="center", va="center", transform=ax.transAxes)
+    from matplotlib.ticker import EngFormatter
+
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 4.8M, 500k
+    ax.set(xlabel="trainable parameters", ylabel="validation accuracy (%)", title="Parameters vs validation accuracy")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    _save_figure(fig, path)
+
+
+def _importance(study: optuna.Study) -> tuple[dict[str, float] | None, str | None]:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    names = list(dict.fromkeys(n for t in complete for n in t.params))
+    varied = [n for n in names if len({repr(t.params.get(n)) for t in complete}) > 1]
+    if len(complete) < MIN_IMPORTANCE_TRIALS or not varied:
+        return None, (
+            f"no parameter importance: it needs at least {MIN_IMPORTANCE_TRIALS} complete trials that differ in "
+            f"their parameters; the study has {len(complete)} complete"
+        )
+    # PED-ANOVA (no scikit-learn needed) compares the best trials' parameters with all of
+    # them; Optuna's default top 10% holds under two trials until 20 are complete.
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=max(0.1, 2 / len(complete)))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return dict(optuna.importance.get_param_importances(study, evaluator=evaluator, params=varied)), None
+    except (ValueError, RuntimeError) as exc:
+        return None, f"no parameter importance: {exc}"
+
+
+def _plot_importance(path: Path, importance: dict[str, float]) -> None:
+    plt = _pyplot()
+    names = list(importance)[::-1]  # most important on top
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.35 * len(names)))
+    ax.barh(names, [importance[n] for n in names], color="tab:blue")
+    ax.set(xlabel="importance for reaching the best validation accuracies (PED-ANOVA)", title="Parameter importance")
+    ax.grid(axis="x", alpha=0.3)
+    _save_figure(fig, path)
+
+
+def _print_trial(study: optuna.Study, t: FrozenTrial) -> None:
+    a = t.user_attrs
+    if t.state == TrialState.COMPLETE:
+        line = f"val acc {100 * t.value:.2f}%, {a['params']:,} params, {a['train_seconds']:.1f}s training"
+    else:
+        line = a.get("note") or t.state.name.lower()
+    print(f"trial {t.number}: {line}", file=sys.stderr, flush=True)
