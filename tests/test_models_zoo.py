@@ -30,7 +30,13 @@ BUILT = {
     "seed003_zigzag": 4_891_338,
     "seed003_deep_narrow": 4_995_754,
     "seed004_resnet18_w42": 4_815_940,
+    # budgetnet's own: pinned so a change to the default model is a deliberate one.
+    "flagship": 1_646_122,
+    "flagship_long": 4_894_282,
 }
+
+# Presets budgetnet designed itself: no report claims anything about them.
+OWN = {"flagship", "flagship_long"}
 
 # The one claim that does not follow from its report's own description: kept, not matched.
 MISMATCHED = {"seed000_1111": 4_900_682}
@@ -40,7 +46,7 @@ MISMATCHED = {"seed000_1111": 4_900_682}
 def test_preset_count_is_exact(name: str) -> None:
     assert count_params(get_preset(name)) == BUILT[name]
     claimed = PRESETS[name].claimed_params
-    assert claimed == MISMATCHED.get(name, BUILT[name])
+    assert claimed == (None if name in OWN else MISMATCHED.get(name, BUILT[name]))
 
 
 def test_every_preset_is_covered_and_listed_once() -> None:

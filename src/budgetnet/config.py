@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from budgetnet.data import AugmentConfig, DataConfig
 from budgetnet.errors import BudgetnetError
@@ -55,6 +55,19 @@ class RunConfig(BaseModel):
                 return load_model_section(value)
             except BudgetnetError as exc:
                 raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("train")
+    @classmethod
+    def _early_stopping_needs_validation(cls, value: TrainConfig, info: ValidationInfo) -> TrainConfig:
+        # Without a validation split the monitored metric is NaN, never an improvement, so the
+        # run would stop after `patience` epochs whatever it learned.
+        data = info.data.get("data")
+        if value.early_stopping is not None and data is not None and data.val_size == 0:
+            raise ValueError(
+                "early_stopping monitors the validation split, but data.val_size is 0; "
+                "keep a validation split (--val-size N) or drop early_stopping"
+            )
         return value
 
 

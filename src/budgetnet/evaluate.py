@@ -105,6 +105,14 @@ def _out_features(model: nn.Module) -> int:
     return spec.classes
 
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _names(classes: list[str], most: int = 10) -> str:
+    shown = ", ".join(classes[:most]) + (f", ... ({len(classes)} in all)" if len(classes) > most else "")
+    return f"[{shown}]"
+
+
 def find_checkpoint(path: Path) -> Path:
     """A run directory means its best.pt; a file is taken as is."""
     path = Path(path)
@@ -143,8 +151,19 @@ def evaluate_checkpoint(
         raise BudgetnetError("no data path: pass --data PATH")
     if split == "val" and data_cfg.val_size == 0:
         raise BudgetnetError("this run trained on all images (val-size 0), so it has no validation split; use --split test")
+    if device not in DEVICES:
+        raise BudgetnetError(f"device {device!r} is not one of {', '.join(DEVICES)}")
     dev = resolve_device(device)
     data = prepare_data(data_cfg, dev, splits=(split,))
+    classes = list(state["classes"])
+    # Labels are indices into the data's classes: they must mean what the model's outputs mean.
+    # Unnamed classes ("0".."k-1", an .npz without names) are taken as indices as they are.
+    unnamed = data.classes == [str(i) for i in range(len(data.classes))] and len(data.classes) <= len(classes)
+    if data.classes != classes and not unnamed:
+        raise BudgetnetError(
+            f"{data_cfg.path} has the classes {_names(data.classes)} but the model was trained on "
+            f"{_names(classes)}; evaluate on data with the same classes, in the same order"
+        )
     x, y = getattr(data, split)
     model = build_model(cfg.model)
     model.load_state_dict(state["model"])
@@ -155,7 +174,7 @@ def evaluate_checkpoint(
         mean=tuple(state["mean"]), std=tuple(state["std"]),  # the training split's statistics
         dtype=amp if amp is not None and dev.type == "cpu" else torch.float32, channels_last=True,
     )
-    result = evaluate_loader(model, loader, tta=tta, amp=amp, classes=list(state["classes"]))
+    result = evaluate_loader(model, loader, tta=tta, amp=amp, classes=classes)
     info = {"checkpoint": str(ckpt_path), "split": split, "tta": tta, "data": data_cfg.path, "epoch": state.get("epoch")}
     return result, info
 

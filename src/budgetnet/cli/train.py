@@ -147,7 +147,7 @@ def evaluate(
     split: Annotated[str, typer.Option("--split", help="val (the run's own split) or test")] = "val",
     tta: Annotated[bool, typer.Option("--tta", help="Flip + translate test-time augmentation.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 1000,
-    device: Annotated[str, typer.Option("--device")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, mps")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Accuracy, loss, per-class accuracy and confusion matrix of a trained model."""

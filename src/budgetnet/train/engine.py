@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from torch import nn
 
 from budgetnet.errors import BudgetnetError
 from budgetnet.train.callbacks import EarlyStopping, EarlyStoppingConfig, ProgressReporter, plot_curves, write_metrics
-from budgetnet.train.checkpoint import load_checkpoint, save_checkpoint
+from budgetnet.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from budgetnet.train.rundir import RunLock, environment_info, new_run_dir, write_json
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ class _State:
     best_epoch: int | None = None
     nan_skips: int = 0
     train_seconds: float = 0.0
+    stopped: bool = False  # early stopping or the time limit ended the run: a resume must not go on
 
 
 def resolve_device(name: str) -> torch.device:
@@ -165,12 +167,18 @@ def train(
     from budgetnet.config import dump_config
 
     run_dir = Path(out) if out is not None else new_run_dir(runs_root, cfg.name)
-    if not resume and run_dir.exists() and any(p.name != ".lock" for p in run_dir.iterdir()):
-        raise BudgetnetError(f"run directory {run_dir} is not empty; use --resume {run_dir} or another --out")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise BudgetnetError(f"{run_dir} is a file, not a run directory; choose another --out")
+    # Lock first: a second process on this directory is told who holds it, whatever it asked.
     with RunLock(run_dir):
+        for stale in run_dir.glob(".*.tmp-*"):  # half-written files of a killed run; we hold the lock
+            stale.unlink(missing_ok=True)
+        if not resume and any(p.name != ".lock" for p in run_dir.iterdir()):
+            raise BudgetnetError(f"run directory {run_dir} is not empty; use --resume {run_dir} or another --out")
+        trainer = _Trainer(cfg, run_dir, quiet, on_epoch_end)  # a bad --data leaves no half-made run behind
         if not resume:
-            (run_dir / "config.yaml").write_text(dump_config(cfg))
-        return _Trainer(cfg, run_dir, quiet, on_epoch_end).run(resume)
+            atomic_write_bytes(run_dir / "config.yaml", dump_config(cfg).encode())
+        return trainer.run(resume)
 
 
 class _Trainer:
@@ -295,9 +303,25 @@ class _Trainer:
     def _check_finite(self, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
         if self.cfg.train.on_nan == "stop" and not math.isfinite(loss_sum.item()):
             raise BudgetnetError(
-                f"loss became non-finite in epoch {epoch + 1} by step {step + 1} (global step {self.state.global_step}); "
-                f"the last good checkpoint is kept in {self.run_dir}; lower the learning rate (optim.lr) "
-                "or use --on-nan skip"
+                f"loss became non-finite in epoch {epoch + 1} by step {step + 1} "
+                f"(global step {self.state.global_step}); {self._nan_advice()}"
+            )
+
+    def _nan_advice(self) -> str:
+        kept = (
+            f"the last good checkpoint is kept in {self.run_dir}" if (self.run_dir / LAST).exists()
+            else "no checkpoint had been written yet"
+        )
+        return f"{kept}; lower the learning rate (optim.lr) or use --on-nan skip"
+
+    def _check_weights(self) -> None:
+        """A finite loss can still leave non-finite weights (an inf/NaN gradient); such weights
+        must never replace a good checkpoint. One host sync per checkpoint."""
+        modules = [self.model] if self.ema is None else [self.model, self.ema]
+        tensors = [t for m in modules for t in m.state_dict().values() if t.is_floating_point()]
+        if tensors and not bool(torch.stack([t.isfinite().all() for t in tensors]).all()):
+            raise BudgetnetError(
+                f"the weights became non-finite by global step {self.state.global_step}; {self._nan_advice()}"
             )
 
     def _eval_model(self) -> nn.Module:
@@ -317,7 +341,7 @@ class _Trainer:
             "progress": {
                 "epoch": st.epoch, "step_in_epoch": st.step_in_epoch, "global_step": st.global_step,
                 "partial": list(st.partial), "best_val": st.best_val, "best_epoch": st.best_epoch,
-                "nan_skips": st.nan_skips, "train_seconds": st.train_seconds,
+                "nan_skips": st.nan_skips, "train_seconds": st.train_seconds, "stopped": st.stopped,
             },
             "history": st.history,
             "early_stopping": self.stopper.state_dict() if self.stopper else None,
@@ -327,12 +351,14 @@ class _Trainer:
         return state
 
     def _save(self, name: str) -> None:
-        path = self.run_dir / name
-        if name == LAST and path.exists():
-            os.replace(path, self.run_dir / PREVIOUS)  # a damaged last.pt then falls back to this
-        save_checkpoint(path, self._checkpoint_state())
+        self._check_weights()
+        # The old last.pt becomes previous.pt (what a damaged last.pt falls back to) only once the
+        # new one is safely written, so a failed write (full disk) leaves both as they were.
+        backup = self.run_dir / PREVIOUS if name == LAST else None
+        save_checkpoint(self.run_dir / name, self._checkpoint_state(), backup=backup)
 
     def _save_best(self) -> None:
+        self._check_weights()
         save_checkpoint(
             self.run_dir / BEST,
             {
@@ -347,8 +373,9 @@ class _Trainer:
             },
         )
 
-    def _restore(self) -> None:
-        state = None
+    def _restore(self) -> bool:
+        """Load the newest usable checkpoint; False if the run stopped before writing any."""
+        state, damaged = None, []
         for name in (LAST, PREVIOUS):
             path = self.run_dir / name
             if not path.exists():
@@ -357,9 +384,17 @@ class _Trainer:
                 state = load_checkpoint(path, map_location=self.device)
                 break
             except BudgetnetError as exc:
-                print(f"budgetnet: warning: {exc}; falling back to the previous checkpoint", flush=True)
+                damaged.append(path)
+                then = "falling back to the previous checkpoint (previous.pt)" if name == LAST else "no older one is left"
+                print(f"budgetnet: warning: {exc}; {then}", file=sys.stderr, flush=True)
+        if state is None and not damaged:
+            print(f"budgetnet: warning: {self.run_dir} has no checkpoint yet (the run stopped before its first); "
+                  "starting from the beginning", file=sys.stderr, flush=True)
+            return False
         if state is None:
             raise BudgetnetError(f"no usable checkpoint in {self.run_dir}; start a new run instead of --resume")
+        for path in damaged:  # kept for inspection, out of the way of the next last.pt -> previous.pt
+            os.replace(path, path.with_name(path.name + ".damaged"))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -376,8 +411,10 @@ class _Trainer:
         st.epoch, st.step_in_epoch, st.global_step = p["epoch"], p["step_in_epoch"], p["global_step"]
         st.partial, st.best_val, st.best_epoch = list(p["partial"]), p["best_val"], p["best_epoch"]
         st.nan_skips, st.train_seconds = p["nan_skips"], p["train_seconds"]
+        st.stopped = p.get("stopped", False)
         st.history = list(state["history"])
         write_metrics(self.run_dir / "metrics.csv", st.history)  # drop rows a kill left beyond the checkpoint
+        return True
 
     def _validate(self) -> tuple[float, float]:
         from budgetnet.evaluate import evaluate_loader
@@ -392,12 +429,10 @@ class _Trainer:
 
         tc, st = self.cfg.train, self.state
         started = time.perf_counter()
-        if resume:
-            self._restore()
-        else:
+        if not (resume and self._restore()):
             write_json(self.run_dir / "environment.json", environment_info(self.device))
         progress = ProgressReporter(tc.epochs, len(self.loader), quiet=self.quiet)
-        stop_early = False
+        stop_early = st.stopped
         with _SignalGuard() as guard:
             try:
                 while st.epoch < tc.epochs and not stop_early:
@@ -419,7 +454,8 @@ class _Trainer:
                     st.epoch, st.step_in_epoch, st.partial = epoch + 1, 0, [0.0, 0.0, 0.0]
                     if self.per_epoch_sched:
                         metric = val_acc if self.cfg.schedule.plateau_mode == "val_acc" else val_loss
-                        self.scheduler.step(row["train_acc"] if math.isnan(metric) else metric)
+                        fallback = row["train_acc"] if self.cfg.schedule.plateau_mode == "val_acc" else row["train_loss"]
+                        self.scheduler.step(fallback if math.isnan(metric) else metric)
                     # Best is chosen on validation only; with no validation split, the latest wins.
                     if self.val_loader is None or st.best_val is None or val_acc > st.best_val:
                         st.best_val, st.best_epoch = (None if self.val_loader is None else val_acc), epoch + 1
@@ -428,6 +464,7 @@ class _Trainer:
                         key = "val_acc" if tc.early_stopping.monitor == "val_acc" else "val_loss"
                         stop_early = self.stopper.update(row[key])
                     stop_early = stop_early or self._out_of_time(0.0)
+                    st.stopped = stop_early
                     self._save(LAST)
                     write_metrics(self.run_dir / "metrics.csv", st.history)
                     progress.end_epoch(row)

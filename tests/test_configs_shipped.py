@@ -1,0 +1,109 @@
+"""The run configs in configs/ and the recipes shipped in the package all validate, fit their
+budget and survive the save/reload a run directory's config.yaml goes through (nothing is
+trained here)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from budgetnet.config import RunConfig, dump_config, list_recipes, load_config, recipe_mapping
+from budgetnet.errors import BudgetnetError
+from budgetnet.models import count_params
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+SEED_CONFIGS = sorted(CONFIGS.glob("seed00*.yaml"))
+
+
+def test_seed_configs_are_found() -> None:
+    assert [p.stem for p in SEED_CONFIGS] == [f"seed00{i}" for i in range(5)]
+
+
+def assert_round_trips(cfg: RunConfig, tmp_path: Path) -> None:
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump_config(cfg))
+    again = load_config(saved)
+    assert again == cfg
+    assert dump_config(again) == dump_config(cfg)
+
+
+@pytest.mark.parametrize("path", SEED_CONFIGS, ids=lambda p: p.stem)
+def test_seed_config_validates_and_fits_the_budget(path: Path, tmp_path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+    assert not cfg.allow_over_budget and cfg.budget == 5_000_000
+    params = count_params(cfg.model)
+    assert params <= cfg.budget
+    # The header comment quotes the parameter count of the seed's network.
+    quoted = re.search(r"([\d,]{9}) params", path.read_text())
+    assert quoted and int(quoted.group(1).replace(",", "")) == params
+    # Every key in the file was used (nothing silently dropped or defaulted instead).
+    raw = yaml.safe_load(path.read_text())
+    dumped = cfg.model_dump(mode="json")
+    for section, values in raw.items():
+        if section == "model" or not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            if not isinstance(value, dict):
+                assert dumped[section][key] == (list(value) if isinstance(value, tuple) else value), (section, key)
+    assert_round_trips(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("path", SEED_CONFIGS, ids=lambda p: p.stem)
+def test_seed_config_with_cli_overrides(path: Path) -> None:
+    base = load_config(path)
+    cfg = load_config(path, {"data": {"path": "x.npz"}, "train": {"epochs": 1}, "optim": {"lr": 0.05}})
+    assert (cfg.data.path, cfg.train.epochs, cfg.optim.lr) == ("x.npz", 1, 0.05)
+    assert cfg.train.batch_size == base.train.batch_size and cfg.model == base.model
+    assert cfg.optim.name == base.optim.name and cfg.schedule == base.schedule
+
+
+def test_seed_specifics() -> None:
+    seed001, seed003 = load_config(CONFIGS / "seed001.yaml"), load_config(CONFIGS / "seed003.yaml")
+    assert seed001.train.early_stopping is not None and seed001.train.early_stopping.patience == 10
+    assert seed001.schedule.name == "cosine_restarts" and seed001.schedule.restart_epochs == 100
+    assert seed003.schedule.name == "plateau" and seed003.data.val_size == 10_000
+    assert seed003.optim.nesterov and seed003.optim.momentum == 0.8
+
+
+def test_recipes_are_listed() -> None:
+    assert list_recipes() == ["flagship", "long"]
+
+
+@pytest.mark.parametrize("name", ["flagship", "long"])
+def test_recipe_validates_and_fits_the_budget(name: str, tmp_path: Path) -> None:
+    cfg = load_config(recipe=name)
+    assert cfg.name == name
+    assert count_params(cfg.model) <= cfg.budget == 5_000_000
+    assert cfg.optim.no_decay_bn_bias and cfg.train.tta
+    assert cfg.data.path is None  # a recipe never names data: --data does
+    assert set(recipe_mapping(name)) <= set(RunConfig.model_fields)
+    assert_round_trips(cfg, tmp_path)
+
+
+def test_flagship_is_the_default() -> None:
+    assert load_config() == load_config(recipe="flagship")
+
+
+def test_a_config_file_over_a_recipe(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"optim": {"lr": 0.05}, "train": {"epochs": 3}}))
+    over_recipe = load_config(path, recipe="long")
+    assert (over_recipe.optim.lr, over_recipe.train.epochs) == (0.05, 3)
+    assert over_recipe.optim.nesterov and over_recipe.model == load_config(recipe="long").model
+    standalone = load_config(path)  # a file on its own: pydantic defaults, not the recipe's
+    assert standalone.optim.lr == 0.05 and not standalone.optim.nesterov and standalone.train.label_smoothing == 0
+
+
+def test_empty_config_file_is_all_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing\n")
+    assert load_config(path) == RunConfig()
+
+
+def test_unknown_recipe() -> None:
+    with pytest.raises(BudgetnetError, match="unknown recipe 'turbo'; choose one of: flagship, long"):
+        load_config(recipe="turbo")
