@@ -141,7 +141,7 @@ def evaluate_checkpoint(
     from budgetnet.data import DeviceLoader, prepare_data
     from budgetnet.models import build_model
     from budgetnet.train.checkpoint import load_checkpoint
-    from budgetnet.train.engine import autocast_dtype, resolve_device
+    from budgetnet.train.engine import autocast_dtype, resolve_device, use_channels_last
 
     ckpt_path = find_checkpoint(checkpoint)
     state = load_checkpoint(ckpt_path)
@@ -167,12 +167,13 @@ def evaluate_checkpoint(
     x, y = getattr(data, split)
     model = build_model(cfg.model)
     model.load_state_dict(state["model"])
-    model = model.to(dev, memory_format=torch.channels_last)
+    channels_last = use_channels_last(cfg.train.channels_last, dev)
+    model = model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     amp = autocast_dtype(cfg.train.precision, dev)
     loader = DeviceLoader(
         x, y, batch_size, shuffle=False, drop_last=False, seed=0, augment=None,
         mean=tuple(state["mean"]), std=tuple(state["std"]),  # the training split's statistics
-        dtype=amp if amp is not None and dev.type == "cpu" else torch.float32, channels_last=True,
+        dtype=amp if amp is not None and dev.type == "cpu" else torch.float32, channels_last=channels_last,
     )
     result = evaluate_loader(model, loader, tta=tta, amp=amp, classes=classes)
     info = {"checkpoint": str(ckpt_path), "split": split, "tta": tta, "data": data_cfg.path, "epoch": state.get("epoch")}
