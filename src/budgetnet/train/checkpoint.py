@@ -23,8 +23,12 @@ _MAGIC = b"BUDGETNET-CKPT v1 "
 FORMAT_VERSION = 1
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers only ever see the old or the complete new file."""
+def atomic_write_bytes(path: Path, data: bytes, backup: Path | None = None) -> None:
+    """Write `data` to `path` so that readers only ever see the old or the complete new file.
+
+    With `backup`, an existing `path` is moved there, but only once the new data is safely on
+    disk: a failed write (e.g. a full disk) leaves both files as they were.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -32,6 +36,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if backup is not None and path.exists():
+            os.replace(path, backup)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -49,13 +55,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         pass
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Serialize `state` (tensors, numbers, strings, lists, dicts) atomically with a checksum."""
+def save_checkpoint(path: Path, state: dict[str, Any], backup: Path | None = None) -> None:
+    """Serialize `state` (tensors, numbers, strings, lists, dicts) atomically with a checksum;
+    `backup`: where the replaced checkpoint goes (see `atomic_write_bytes`)."""
     buf = io.BytesIO()
     torch.save({"format_version": FORMAT_VERSION, **state}, buf)
     payload = buf.getvalue()
     header = _MAGIC + f"sha256={hashlib.sha256(payload).hexdigest()} len={len(payload)}\n".encode()
-    atomic_write_bytes(Path(path), header + payload)
+    atomic_write_bytes(Path(path), header + payload, backup=backup)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
