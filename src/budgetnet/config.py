@@ -96,6 +96,8 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
         raise BudgetnetError(f"config file {path} is not valid YAML{at}") from None
+    except RecursionError:
+        raise BudgetnetError(f"config file {path} is nested too deeply to be a run config") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -55,10 +55,13 @@ def parse_budget(value: str | int | float) -> int:
             text, scale = text[:-1], _SUFFIXES[text[-1]]
         try:
             amount = Decimal(text) * scale
-        except InvalidOperation:
+        except ArithmeticError:  # InvalidOperation, or Overflow for exponents like 1e9999999
             raise BudgetnetError(f"budget {value!r} is not a parameter count; {hint}") from None
         if not amount.is_finite():
             raise BudgetnetError(f"budget {value!r} is not a parameter count; {hint}")
+    # Checked before any integer conversion: int() of a million-digit Decimal takes minutes.
+    if amount.adjusted() > 12:
+        raise BudgetnetError(f"budget {value!r} is absurdly large (at most 1e12 parameters); {hint}")
     if amount != amount.to_integral_value():
         raise BudgetnetError(f"budget {value!r} is not a whole number of parameters; {hint}")
     if amount <= 0:
