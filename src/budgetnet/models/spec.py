@@ -30,8 +30,10 @@ def _odd_kernel(k: int) -> int:
     return k
 
 
-Width = Annotated[int, Field(gt=0)]
-Kernel = Annotated[int, Field(gt=0), AfterValidator(_odd_kernel)]
+# Upper bounds far beyond any useful network, so absurd input fails validation at once instead
+# of overflowing in torch or building millions of modules.
+Width = Annotated[int, Field(gt=0, le=65_536)]
+Kernel = Annotated[int, Field(gt=0, le=31), AfterValidator(_odd_kernel)]
 
 
 class ResNetSpec(BaseModel):
@@ -53,8 +55,8 @@ class ResNetSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    blocks: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
-    channels: list[Width] = Field(min_length=1)
+    blocks: list[Annotated[int, Field(ge=0, le=1_000)]] = Field(min_length=1, max_length=64)
+    channels: list[Width] = Field(min_length=1, max_length=64)
     strides: list[Width] | None = None
     stage_kinds: list[StageKind] | None = None
     block: BlockType = "basic"
