@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from budgetnet.data import AugmentConfig, DataConfig
 from budgetnet.errors import BudgetnetError
-from budgetnet.models import ResNetSpec, format_validation_error, get_preset, load_model_section, parse_budget
+from budgetnet.models import Budget, ResNetSpec, format_validation_error, get_preset, load_model_section
 from budgetnet.train.engine import TrainConfig
 from budgetnet.train.optim import OptimConfig
 from budgetnet.train.schedules import ScheduleConfig
@@ -30,7 +30,7 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("run", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
-    budget: int = 5_000_000
+    budget: Budget = 5_000_000
     allow_over_budget: bool = False
     model: ResNetSpec = Field(default_factory=lambda: get_preset(DEFAULT_RECIPE))
     data: DataConfig = Field(default_factory=DataConfig)
@@ -38,14 +38,6 @@ class RunConfig(BaseModel):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-
-    @field_validator("budget", mode="before")
-    @classmethod
-    def _parse_budget(cls, value: Any) -> int:
-        try:
-            return parse_budget(value)
-        except BudgetnetError as exc:
-            raise ValueError(str(exc)) from None
 
     @field_validator("model", mode="before")
     @classmethod

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from budgetnet.config import DEFAULT_RECIPE, RunConfig, build_config, deep_merge, dump_config, load_config, read_yaml_mapping
 from budgetnet.errors import BudgetnetError
-from budgetnet.models import ResNetSpec, count_params, fit_to_budget, format_validation_error, parse_budget, summarize
+from budgetnet.models import Budget, ResNetSpec, count_params, fit_to_budget, format_validation_error, parse_budget, summarize
 from budgetnet.models.spec import BOTTLENECK_EXPANSION, validate_spec
 from budgetnet.train.callbacks import read_metrics
 from budgetnet.train.checkpoint import atomic_write_bytes
@@ -154,7 +154,7 @@ class SearchSpace(BaseModel):
         "with optional `recipe` and `config` keys plus inline run-config sections; absent: the "
         "flagship recipe",
     )
-    budget: int | None = None
+    budget: Budget | None = None
     fill_budget: FillBudget | None = None
     params: dict[str, ParamSpec] = Field(min_length=1)
     trials: int | None = Field(None, ge=1)
@@ -163,16 +163,6 @@ class SearchSpace(BaseModel):
     pruner: PrunerName = "hyperband"
     seed: int | None = None
     _root: Path = PrivateAttr(default_factory=lambda: Path("."))
-
-    @field_validator("budget", mode="before")
-    @classmethod
-    def _parse_budget(cls, value: Any) -> int | None:
-        if value is None:
-            return None
-        try:
-            return parse_budget(value)
-        except BudgetnetError as exc:
-            raise ValueError(str(exc)) from None
 
     @field_validator("fill_budget", mode="before")
     @classmethod

@@ -10,9 +10,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import BeforeValidator
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -67,6 +68,17 @@ def parse_budget(value: str | int | float) -> int:
     if amount <= 0:
         raise BudgetnetError(f"budget {value!r} must be positive; {hint}")
     return int(amount)
+
+
+def _budget_field(value: Any) -> int:
+    try:
+        return parse_budget(value)
+    except BudgetnetError as exc:  # pydantic reports ValueErrors with the field's location
+        raise ValueError(str(exc)) from None
+
+
+# A config field that takes a budget in any form parse_budget reads (5M, 4.5e6, 5000000).
+Budget = Annotated[int, BeforeValidator(_budget_field)]
 
 
 def scale_widths(base: int, ratios: Sequence[float], multiple: int = 1) -> list[int]:
