@@ -73,6 +73,7 @@ def train(
     on_nan: Annotated[Optional[str], typer.Option("--on-nan", help="stop (default) or skip the batch")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", help="Also checkpoint every N steps.")] = None,
     max_train_seconds: Annotated[Optional[float], typer.Option("--max-train-seconds", help="Stop after this much training time.")] = None,
+    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Seconds of training to plan the run for (epochs and schedule are compressed to fit).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="One plain line per epoch.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print summary.json at the end.")] = False,
 ) -> None:
@@ -104,7 +105,8 @@ def train(
     for key, value in (("epochs", epochs), ("batch_size", batch_size), ("seed", seed),
                        ("label_smoothing", label_smoothing), ("precision", precision), ("device", device),
                        ("compile", compile_model), ("threads", threads), ("on_nan", on_nan),
-                       ("checkpoint_every_steps", checkpoint_every), ("max_train_seconds", max_train_seconds)):
+                       ("checkpoint_every_steps", checkpoint_every), ("max_train_seconds", max_train_seconds),
+                       ("time_budget_s", time_budget)):
         _set(overrides, "train", key, value)
     if patience is not None:
         _set(overrides, "train", "early_stopping", {"monitor": "val_acc", "patience": patience})
@@ -137,6 +139,8 @@ def train(
     typer.echo(
         f"run {result.run_dir}: {s['params']:,} params, best val acc {best}, "
         f"{s['train_seconds']:.1f}s training, {s['wall_seconds']:.1f}s wall"
+        + (f", {s['steps_run']}/{s['planned_steps']} steps planned for a {s['time_budget_s']:g}s budget"
+           if s["time_budget_s"] else "")
     )
 
 

@@ -5,10 +5,17 @@ Resumability rests on three facts: the loader's randomness for epoch e is a pure
 metrics history; and a checkpoint taken mid-epoch records how many batches were done, which
 the resumed run skips. So a run killed at any point and resumed replays what an uninterrupted
 run would have done.
+
+A time budget (`time_budget_s`) is planned once, before the first step: a few throwaway steps
+(the model, optimizer and RNG are restored afterwards; compile happens here) give the seconds
+per step, hence the steps that fit, and the schedule is built for that many. The plan is
+checkpointed, so a resumed run keeps it. This is "budgeted training" (Li et al., ICLR 2020:
+a schedule that decays to zero at the budget beats cutting a longer one short).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import signal
@@ -56,6 +63,11 @@ class TrainConfig(BaseModel):
     on_nan: Literal["stop", "skip"] = "stop"
     checkpoint_every_steps: int | None = Field(None, ge=1, description="also checkpoint mid-epoch")
     max_train_seconds: float | None = Field(None, gt=0, description="stop after this much training time")
+    time_budget_s: float | None = Field(
+        None, gt=0, le=10_000_000,
+        description="plan the run to fit this much training time: the steps that fit are timed "
+        "before training, and the epochs and schedule are compressed to them (never stretched)",
+    )
 
 
 class TrainingInterrupted(Exception):
@@ -87,6 +99,8 @@ class _State:
     nan_skips: int = 0
     train_seconds: float = 0.0
     stopped: bool = False  # early stopping or the time limit ended the run: a resume must not go on
+    planned_steps: int = 0  # optimizer steps the run will take (0: not planned yet)
+    calibration: dict[str, float] = field(default_factory=dict)  # what planning a time budget measured
 
 
 def resolve_device(name: str) -> torch.device:
@@ -232,11 +246,10 @@ class _Trainer:
             if self.data.val is not None else None
         )
         from budgetnet.train.optim import build_optimizer
-        from budgetnet.train.schedules import build_scheduler
 
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, len(self.loader), tc.epochs)
-        self.per_epoch_sched = isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        self.scheduler: Any = None  # built by run() once the number of steps is planned
+        self.per_epoch_sched = cfg.schedule.name == "plateau"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16 and self.device.type == "cuda")
         self.ema = (
             torch.optim.swa_utils.AveragedModel(
@@ -253,38 +266,24 @@ class _Trainer:
     def _train_epoch(self, epoch: int, guard: _SignalGuard, progress: ProgressReporter) -> bool:
         """One epoch (or its remainder after a resume). False if a signal cut it short."""
         st, tc = self.state, self.cfg.train
-        model, opt, sched = self.step_model, self.optimizer, self.scheduler
-        model.train()
+        self.step_model.train()
         self.loader.set_epoch(epoch)
         loss_sum = torch.tensor(st.partial[0], device=self.device)
         correct = torch.tensor(st.partial[1], device=self.device)
         seen = int(st.partial[2])
-        autocast = torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext()
         t0 = time.perf_counter()
         for i, (x, y) in enumerate(self.loader):
             if i < st.step_in_epoch:
                 continue  # replaying a resumed epoch: these batches were trained before the stop
-            with autocast:
-                logits = model(x)
-                loss = self.criterion(logits, y)
-            if tc.on_nan == "skip" and not torch.isfinite(loss):
+            logits, loss = self._step(x, y)
+            if loss is None:
                 st.nan_skips += 1
-                opt.zero_grad(set_to_none=True)
             else:
-                opt.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                if tc.grad_clip:
-                    self.scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-                self.scaler.step(opt)
-                self.scaler.update()
-                if self.ema is not None:
-                    self.ema.update_parameters(self.model)
                 loss_sum += loss.detach().float() * len(y)
                 correct += (logits.argmax(1) == y).sum()
                 seen += len(y)
             if not self.per_epoch_sched:
-                sched.step()
+                self.scheduler.step()
             st.step_in_epoch, st.global_step = i + 1, st.global_step + 1
             if (i + 1) % 10 == 0:  # the only host syncs inside an epoch: every 10 steps
                 self._check_finite(loss_sum, epoch, i)
@@ -296,10 +295,83 @@ class _Trainer:
                 self._save(LAST)
             if guard.signum is not None or self._out_of_time(time.perf_counter() - t0):
                 break
+            if st.global_step >= st.planned_steps:
+                break  # a time-budgeted plan may end mid-epoch
         self._check_finite(loss_sum, epoch, st.step_in_epoch - 1)
         st.partial = [loss_sum.item(), correct.item(), float(seen)]  # syncs, so the time below is real
         st.train_seconds += time.perf_counter() - t0
         return st.step_in_epoch >= len(self.loader) or guard.signum is None
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward, backward, optimizer (and EMA) update. The loss is None for a skipped
+        non-finite batch (on_nan: skip); that check is the one host sync, and only then."""
+        tc, opt = self.cfg.train, self.optimizer
+        with torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext():
+            logits = self.step_model(x)
+            loss = self.criterion(logits, y)
+        opt.zero_grad(set_to_none=True)
+        if tc.on_nan == "skip" and not torch.isfinite(loss):
+            return logits, None
+        self.scaler.scale(loss).backward()
+        if tc.grad_clip:
+            self.scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self.scaler.step(opt)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return logits, loss
+
+    # ---- planning -------------------------------------------------------------------------
+    def _plan(self) -> None:
+        """Fix the number of optimizer steps: all the epochs', or those that fit the time budget."""
+        st, tc = self.state, self.cfg.train
+        full = len(self.loader) * tc.epochs
+        if tc.time_budget_s is None:
+            st.planned_steps = full
+            return
+        seconds_per_step, warmup_seconds, calibration_seconds = self._time_steps()
+        # 3% headroom for what the timed steps don't see: progress syncs, checkpoints, epoch turns.
+        fit = int(0.97 * tc.time_budget_s / seconds_per_step)
+        st.planned_steps = max(1, min(full, fit))
+        st.calibration = {
+            "seconds_per_step": seconds_per_step, "warmup_seconds": warmup_seconds,
+            "calibration_seconds": calibration_seconds,
+        }
+
+    def _time_steps(self) -> tuple[float, float, float]:
+        """Seconds per training step, from throwaway steps on the first batches. The first one
+        (two with compile: forward and backward graphs) is warm-up and not timed; the model,
+        optimizer, EMA, scaler and RNG are put back as they were."""
+        saved = copy.deepcopy({
+            "model": self.model.state_dict(), "opt": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None, "rng": torch.get_rng_state(),
+        })
+        self.step_model.train()
+        self.loader.set_epoch(0)
+        warm = 2 if self.cfg.train.compile else 1
+        times: list[float] = []
+        started = time.perf_counter()
+        batches = iter(self.loader)
+        while len(times) < warm + 2 or (sum(times[warm:]) < 1.0 and len(times) < warm + 20):
+            t = time.perf_counter()
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                batches = iter(self.loader)
+                continue
+            _, loss = self._step(x, y)
+            if loss is not None:
+                loss.item()  # waits for the device, so the time is the step's own
+            times.append(time.perf_counter() - t)
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["opt"])
+        self.scaler.load_state_dict(saved["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(saved["ema"])
+        torch.set_rng_state(saved["rng"])
+        timed = times[warm:]
+        return sum(timed) / len(timed), sum(times[:warm]), time.perf_counter() - started
 
     # ---- bookkeeping ----------------------------------------------------------------------
     def _mid_epoch_due(self) -> bool:
@@ -352,6 +424,7 @@ class _Trainer:
                 "epoch": st.epoch, "step_in_epoch": st.step_in_epoch, "global_step": st.global_step,
                 "partial": list(st.partial), "best_val": st.best_val, "best_epoch": st.best_epoch,
                 "nan_skips": st.nan_skips, "train_seconds": st.train_seconds, "stopped": st.stopped,
+                "planned_steps": st.planned_steps, "calibration": st.calibration,
             },
             "history": st.history,
             "early_stopping": self.stopper.state_dict() if self.stopper else None,
@@ -406,8 +479,8 @@ class _Trainer:
         for path in damaged:  # kept for inspection, out of the way of the next last.pt -> previous.pt
             os.replace(path, path.with_name(path.name + ".damaged"))
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        # Loaded by run() once it has built the scheduler, whose construction sets the lr.
+        self._saved_optim = (state["optimizer"], state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_cpu"].cpu())
         if state["rng_cuda"]:
@@ -422,6 +495,7 @@ class _Trainer:
         st.partial, st.best_val, st.best_epoch = list(p["partial"]), p["best_val"], p["best_epoch"]
         st.nan_skips, st.train_seconds = p["nan_skips"], p["train_seconds"]
         st.stopped = p.get("stopped", False)
+        st.planned_steps, st.calibration = p.get("planned_steps", 0), p.get("calibration", {})
         st.history = list(state["history"])
         write_metrics(self.run_dir / "metrics.csv", st.history)  # drop rows a kill left beyond the checkpoint
         return True
@@ -437,15 +511,27 @@ class _Trainer:
     def run(self, resume: bool) -> RunResult:
         from budgetnet.models import summarize
 
+        from budgetnet.train.schedules import build_scheduler
+
         tc, st = self.cfg.train, self.state
         started = time.perf_counter()
-        if not (resume and self._restore()):
+        restored = resume and self._restore()
+        if not restored:
             write_json(self.run_dir / "environment.json", environment_info(self.device))
-        progress = ProgressReporter(tc.epochs, len(self.loader), quiet=self.quiet)
+        if not st.planned_steps:  # a resumed run keeps its plan
+            self._plan()
+        self.scheduler = build_scheduler(
+            self.optimizer, self.cfg.schedule, len(self.loader), tc.epochs, total_steps=st.planned_steps
+        )
+        if restored:
+            self.optimizer.load_state_dict(self._saved_optim[0])
+            self.scheduler.load_state_dict(self._saved_optim[1])
+        epochs = math.ceil(st.planned_steps / len(self.loader))
+        progress = ProgressReporter(epochs, len(self.loader), quiet=self.quiet)
         stop_early = st.stopped
         with _SignalGuard() as guard:
             try:
-                while st.epoch < tc.epochs and not stop_early:
+                while st.epoch < epochs and not stop_early:
                     epoch = st.epoch
                     progress.start_epoch(epoch)
                     finished = self._train_epoch(epoch, guard, progress)
@@ -491,7 +577,11 @@ class _Trainer:
             "flops": model_summary.flops,
             "budget": self.cfg.budget,
             "epochs_run": st.epoch,
-            "stopped_early": stop_early and st.epoch < tc.epochs,
+            "steps_run": st.global_step,
+            "planned_steps": st.planned_steps,
+            "time_budget_s": tc.time_budget_s,
+            **st.calibration,
+            "stopped_early": stop_early and st.epoch < epochs,
             "best_val_acc": st.best_val,
             "best_epoch": st.best_epoch,
             "final_val_acc": st.history[-1]["val_acc"] if self.val_loader is not None else None,

@@ -1,7 +1,9 @@
 """Learning-rate schedules, all stepped once per optimizer step (except plateau: per epoch).
 
 Durations in the config are in epochs (floats allowed) and converted to steps here, so a
-schedule means the same thing whatever the batch size.
+schedule means the same thing whatever the batch size. A run planned to fit a time budget
+(`train.time_budget_s`) has fewer steps than its epochs imply; the whole schedule is then
+compressed into those steps, warm-up included, keeping its shape.
 """
 
 from __future__ import annotations
@@ -37,11 +39,20 @@ class ScheduleConfig(BaseModel):
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int, epochs: int
+    optimizer: torch.optim.Optimizer,
+    cfg: ScheduleConfig,
+    steps_per_epoch: int,
+    epochs: int,
+    total_steps: int | None = None,
 ) -> lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau:
-    """A scheduler to be stepped after every optimizer step (plateau: after every epoch)."""
-    total = max(1, steps_per_epoch * epochs)
-    warmup = min(total - 1, round(cfg.warmup_epochs * steps_per_epoch))
+    """A scheduler to be stepped after every optimizer step (plateau: after every epoch).
+
+    `total_steps` (default: `steps_per_epoch * epochs`) compresses the schedule: one of its
+    epochs then lasts `total_steps / epochs` steps.
+    """
+    spe = steps_per_epoch if total_steps is None else total_steps / epochs
+    total = max(1, round(spe * epochs))
+    warmup = min(total - 1, round(cfg.warmup_epochs * spe))
     rest = max(1, total - warmup)
     peak = [g["lr"] for g in optimizer.param_groups]
     floor = [lr * cfg.min_lr_factor for lr in peak]
@@ -59,7 +70,7 @@ def build_scheduler(
             optimizer, max_lr=peak, total_steps=total, pct_start=cfg.pct_start, anneal_strategy="cos"
         )
     if cfg.name == "cyclic":
-        up = max(1, round(cfg.cyclic_epochs_up * steps_per_epoch))
+        up = max(1, round(cfg.cyclic_epochs_up * spe))
         return lr_scheduler.CyclicLR(
             optimizer, base_lr=floor if cfg.min_lr_factor > 0 else [lr * 0.01 for lr in peak],
             max_lr=peak, step_size_up=up, cycle_momentum=False,
@@ -68,13 +79,13 @@ def build_scheduler(
     if cfg.name == "constant":
         main: lr_scheduler.LRScheduler = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     elif cfg.name == "step":
-        milestones = [max(1, round(e * steps_per_epoch) - warmup) for e in cfg.step_epochs]
+        milestones = [max(1, round(e * spe) - warmup) for e in cfg.step_epochs]
         main = lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=cfg.gamma)
     elif cfg.name == "cosine":
         main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=rest, eta_min=min(floor))
     elif cfg.name == "cosine_restarts":
         main = lr_scheduler.CosineAnnealingWarmRestarts(
-            optimizer, T_0=max(1, round(cfg.restart_epochs * steps_per_epoch)), T_mult=cfg.restart_mult,
+            optimizer, T_0=max(1, round(cfg.restart_epochs * spe)), T_mult=cfg.restart_mult,
             eta_min=min(floor),
         )
     else:  # linear decay to min_lr_factor: the shape fast CIFAR recipes use after warm-up

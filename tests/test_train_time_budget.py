@@ -1,0 +1,111 @@
+"""Time-budgeted runs (`train.time_budget_s`, `--time-budget`): the plan, the compressed
+schedule, and that planning (throwaway timed steps) leaves no trace in what is trained."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_synthetic, write_npz
+from test_train_resume import Stop, assert_same_history, assert_same_weights, metrics, tiny_config
+
+from budgetnet.cli import main
+from budgetnet.train import engine
+from budgetnet.train.checkpoint import load_checkpoint
+from budgetnet.train.schedules import ScheduleConfig, build_scheduler
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return write_npz(tmp_path / "easy.npz", make_synthetic({"train": 50, "test": 2}, seed=3))
+
+
+def lrs(cfg: ScheduleConfig, spe: int, epochs: int, total_steps: int | None) -> list[float]:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, cfg, spe, epochs, total_steps=total_steps)
+    out = []
+    for _ in range(total_steps or spe * epochs):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_compressed_schedule_keeps_its_shape_in_fewer_steps() -> None:
+    cfg = ScheduleConfig(name="linear", warmup_epochs=1.0, warmup_start_factor=0.1)
+    full = lrs(cfg, spe=100, epochs=10, total_steps=None)  # warm-up 100 steps of 1,000
+    short = lrs(cfg, spe=100, epochs=10, total_steps=250)  # the same recipe in a quarter
+    assert max(full) == max(short) == pytest.approx(1.0)
+    assert full.index(max(full)) == 100 and short.index(max(short)) == 25
+    for i, lr in enumerate(short):  # short at step i is full at step 4i
+        assert lr == pytest.approx(full[4 * i], abs=0.01), i
+    assert short[-1] < 0.01
+
+
+def test_unbinding_budget_trains_exactly_the_unbudgeted_run(tmp_path: Path, data: Path) -> None:
+    """The timed throwaway steps are undone: with a budget too large to bind, the run's metrics
+    and weights equal those of the run without one."""
+    plain = engine.train(tiny_config(data), tmp_path / "plain", quiet=True)
+    budgeted = engine.train(tiny_config(data, time_budget_s=1e6), tmp_path / "budgeted", quiet=True)
+    assert_same_history(tmp_path / "plain", tmp_path / "budgeted")
+    assert_same_weights(tmp_path / "plain", tmp_path / "budgeted")
+    s = budgeted.summary
+    assert s["planned_steps"] == s["steps_run"] == plain.summary["steps_run"] == 3 * (120 // 16)
+    assert s["seconds_per_step"] > 0 and s["calibration_seconds"] >= s["warmup_seconds"] > 0
+    assert plain.summary["time_budget_s"] is None and "seconds_per_step" not in plain.summary
+
+
+def test_binding_budget_cuts_the_plan_mid_epoch(tmp_path: Path, data: Path, monkeypatch) -> None:
+    """Steps 'measured' at 1 s: a 5.2 s budget fits int(0.97 * 5.2) = 5 steps of the 3 x 60 planned."""
+    monkeypatch.setattr(engine._Trainer, "_time_steps", lambda self: (1.0, 2.0, 4.0))
+    cfg = tiny_config(data, time_budget_s=5.2, epochs=3, batch_size=2)  # 120 training images: 60 steps/epoch
+    result = engine.train(cfg, tmp_path / "run", quiet=True)
+    s = result.summary
+    assert (s["planned_steps"], s["steps_run"], s["epochs_run"]) == (5, 5, 1)
+    assert (s["seconds_per_step"], s["warmup_seconds"], s["calibration_seconds"]) == (1.0, 2.0, 4.0)
+    rows = metrics(tmp_path / "run")
+    assert len(rows) == 1 and math.isfinite(float(rows[0]["val_acc"]))
+    assert float(rows[0]["lr"]) < 1e-6  # the compressed schedule decayed to zero at the plan's end
+
+
+def test_a_resumed_budgeted_run_keeps_its_plan(tmp_path: Path, data: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(engine._Trainer, "_time_steps", lambda self: (1.0, 0.5, 1.0))
+    cfg = tiny_config(data, time_budget_s=10.4)  # 10 of the 3 x 7 steps: all of epoch 1, 3 of epoch 2
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    engine.train(cfg, whole, quiet=True)
+
+    def stop_after_first(row: dict[str, float]) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        engine.train(cfg, cut, quiet=True, on_epoch_end=stop_after_first)
+    assert load_checkpoint(cut / "last.pt")["progress"]["planned_steps"] == 10
+    # Were the plan made again, this "measurement" would allow all 21 steps.
+    monkeypatch.setattr(engine._Trainer, "_time_steps", lambda self: (0.01, 0.5, 1.0))
+    assert main(["train", "--resume", str(cut), "--quiet"]) == 0, capsys.readouterr().err
+    assert_same_history(whole, cut)
+    assert_same_weights(whole, cut)
+    assert json.loads((cut / "summary.json").read_text())["steps_run"] == 10
+
+
+def test_time_budget_flag_reaches_the_summary(tmp_path: Path, data: Path, capsys) -> None:
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(data), "--val-size", "10", "--blocks", "1", "--channels", "8",
+                 "--classes", "3", "--batch-size", "8", "--epochs", "2", "--lr", "0.1", "--threads", "1",
+                 "--device", "cpu", "--quiet", "--time-budget", "600", "--out", str(out)])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert "steps planned for a 600s budget" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["time_budget_s"] == 600 and summary["planned_steps"] == 2 * (140 // 8)
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "abc"])
+def test_bad_time_budget_is_one_line_exit_2(tmp_path: Path, data: Path, capsys, value: str) -> None:
+    code = main(["train", "--data", str(data), "--time-budget", value, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "time" in err, err
+    assert not (tmp_path / "run").exists()
