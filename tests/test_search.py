@@ -225,6 +225,9 @@ def test_two_workers_share_one_sqlite_study(tmp_path, data) -> None:
         ("fill_budget: width\nparams: {width_multiplier: {choices: [1.5]}}\n", "already sets the width"),
         ("params: {optim.lr: {choices: [0.1]}\n", "not valid YAML"),
         ("sampler: grid\nparams: {optim.lr: {low: 0.01, high: 0.1}}\n", "grid sampler needs choices"),
+        ("enqueue: [{optim.momentum: 0.9}]\nparams: {optim.lr: {choices: [0.1]}}\n", "not one of the params"),
+        ("enqueue: [{optim.lr: 0.2}]\nparams: {optim.lr: {choices: [0.1]}}\n", "not one of its choices"),
+        ("enqueue: [{optim.lr: 2.0}]\nparams: {optim.lr: {low: 0.01, high: 1.0}}\n", "outside its range"),
     ],
 )
 def test_bad_space_file_is_one_line_exit_2(tmp_path, data, capsys, content: str, message: str) -> None:
@@ -247,6 +250,22 @@ def test_bad_flags_are_one_line_exit_2(tmp_path, data, capsys, flags: list[str],
     code, _, err = run_cli(capsys, "search", "--space", str(space), "--data", str(data), "--trials", "1",
                            "--out", str(tmp_path / "s"), *flags)
     assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_enqueued_baseline_runs_first_and_only_once(tmp_path, data) -> None:
+    """A space's `enqueue` entries are a new study's first trials (a labelled choice by label);
+    continuing the study does not queue them again."""
+    space = SearchSpace.model_validate({
+        "base": TINY, "budget": "20k", "sampler": "random", "seed": 1,
+        "params": {"model": {"merge": True, "choices": SHAPES}, "optim.lr": {"low": 0.01, "high": 0.3, "log": True}},
+        "enqueue": [{"model": "wide", "optim.lr": 0.123}],
+    })
+    kwargs = dict(out=tmp_path / "s", pruner="none", data_overrides={"path": str(data)}, study_name="q")
+    run_search(space, trials=1, **kwargs)
+    run_search(space, trials=3, **kwargs)
+    trials = study_trials(tmp_path / "s", "q")
+    assert trials[0].params == {"model": "wide", "optim.lr": 0.123} and trials[0].user_attrs["enqueued"]
+    assert len(trials) == 3 and not any(t.user_attrs.get("enqueued") for t in trials[1:])
 
 
 def test_a_study_keeps_its_budget(tmp_path, data, capsys) -> None:

@@ -162,6 +162,11 @@ class SearchSpace(BaseModel):
     sampler: SamplerName = "tpe"
     pruner: PrunerName = "hyperband"
     seed: int | None = None
+    enqueue: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="trials a new study runs first, e.g. a baseline to beat: each maps knob names to "
+        "values (a labelled choice by its label); knobs left out are sampled",
+    )
     _root: Path = PrivateAttr(default_factory=lambda: Path("."))
 
     @field_validator("fill_budget", mode="before")
@@ -188,6 +193,20 @@ class SearchSpace(BaseModel):
                     if not isinstance(value, dict) or not set(value) <= MODEL_KEYS:
                         raise ValueError(f"every choice of parameter 'model' must be a mapping of model fields, got {value!r}")
         return params
+
+    @model_validator(mode="after")
+    def _enqueued_in_space(self) -> SearchSpace:
+        for i, fixed in enumerate(self.enqueue):
+            for name, value in fixed.items():
+                spec = self.params.get(name)
+                if spec is None:
+                    raise ValueError(f"enqueue[{i}]: {name!r} is not one of the params")
+                if spec.choices is not None and value not in spec.labels:
+                    raise ValueError(f"enqueue[{i}]: {name}={value!r} is not one of its choices {spec.labels}")
+                ranged = spec.choices is None and isinstance(value, (int, float)) and not isinstance(value, bool)
+                if spec.choices is None and not (ranged and spec.low <= value <= spec.high):
+                    raise ValueError(f"enqueue[{i}]: {name}={value!r} is outside its range {spec.low}..{spec.high}")
+        return self
 
     @model_validator(mode="after")
     def _width_knob(self) -> SearchSpace:
@@ -417,7 +436,7 @@ def run_search(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat
         study = _open_study(
             url, study_name, out, _make_sampler(sampler, grid, seed if seed is not None else space.seed, total),
-            _make_pruner(pruner, max_epochs), base_cfg.budget,
+            _make_pruner(pruner, max_epochs), base_cfg.budget, space.enqueue,
         )
         remaining = total - len(study.get_trials(deepcopy=False, states=FINISHED))
         if remaining > 0:
@@ -481,7 +500,7 @@ def _hide_password(url: str) -> str:
 
 def _open_study(
     url: str, name: str, out: Path, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
-    budget: int,
+    budget: int, enqueue: list[dict[str, Any]],
 ) -> optuna.Study:
     # SQLite's default 5 s busy timeout is too short for several workers writing at once.
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
@@ -496,8 +515,10 @@ def _open_study(
                 storage=storage, study_name=name, sampler=sampler, pruner=pruner, direction="maximize",
                 load_if_exists=True,
             )
-            if "budget" not in study.user_attrs:
+            if "budget" not in study.user_attrs:  # a new study
                 study.set_user_attr("budget", budget)
+                for params in enqueue:
+                    study.enqueue_trial(params, user_attrs={"enqueued": True})
     except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError) as exc:
         raise BudgetnetError(f"cannot open study {name!r} in {_hide_password(url)}: {exc}") from None
     if study.user_attrs["budget"] != budget:
