@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +88,21 @@ def test_failed_write_leaves_nothing(image_folder: Path, isolated_cache: Path,
         loaded = cached_load(open_source(image_folder), "train")
     assert loaded.cache_path is None and len(loaded.arrays.y) == 24
     assert _entries(isolated_cache) == []
+
+
+def test_a_killed_writers_temp_folder_is_removed_by_the_next_write(image_folder: Path, isolated_cache: Path) -> None:
+    """A writer SIGKILLed mid-write leaves `.tmp-<pid>-*`; the next write removes it once that
+    pid is gone, and leaves a live writer's folder alone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    arrays = isolated_cache / "arrays"
+    orphan, live = arrays / f".tmp-{dead.pid}-abc", arrays / f".tmp-{os.getpid()}-xyz"
+    for folder in (orphan, live):
+        folder.mkdir(parents=True)
+        (folder / "x.npy").write_bytes(b"half an array")
+    loaded = cached_load(open_source(image_folder), "train")
+    assert loaded.cache_path.is_dir()
+    assert not orphan.exists() and live.exists()
 
 
 def test_subset_decodes_only_the_subset(image_zip: Path, isolated_cache: Path,

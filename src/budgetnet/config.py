@@ -84,17 +84,44 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         raise BudgetnetError(f"config file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        size = _expanded_size(data)
+    except OSError as exc:
+        raise BudgetnetError(f"cannot read config file {path}: {exc.strerror}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
         raise BudgetnetError(f"config file {path} is not valid YAML{at}") from None
     except RecursionError:
-        raise BudgetnetError(f"config file {path} is nested too deeply to be a run config") from None
+        raise BudgetnetError(f"config file {path} is nested too deeply (or refers to itself) to be a config") from None
+    if size > MAX_YAML_VALUES:
+        # Aliases share one object per anchor, so the document itself is small; validation and
+        # error messages would walk every copy (nine nested nine-way aliases: 387M values).
+        raise BudgetnetError(
+            f"config file {path} expands to {size:,} values through its YAML aliases; a config needs far fewer"
+        )
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise BudgetnetError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
     return data
+
+
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(data: Any) -> int:
+    """How many values `data` holds once every alias is expanded; linear in the distinct objects."""
+    sizes: dict[int, int] = {}
+
+    def size(value: Any) -> int:
+        if not isinstance(value, (dict, list)):
+            return 1
+        if id(value) not in sizes:
+            items = [x for kv in value.items() for x in kv] if isinstance(value, dict) else value
+            sizes[id(value)] = 1 + sum(size(x) for x in items)
+        return sizes[id(value)]
+
+    return size(data)
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from budgetnet.errors import BudgetnetError
 from budgetnet.models.spec import ResNetSpec, model_mapping, validate_spec
@@ -101,17 +100,10 @@ def model_overrides(**flag_values: Any) -> dict[str, Any]:
 
 def read_model_section(path: Path) -> dict[str, Any]:
     """The model mapping in a YAML file: the file itself, or its ``model:`` section."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise BudgetnetError(f"config file {path} does not exist") from None
-    except OSError as exc:
-        raise BudgetnetError(f"cannot read config file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise BudgetnetError(f"config file {path} is not valid YAML{where}") from None
-    if isinstance(data, Mapping) and "model" in data:
+    from budgetnet.config import read_yaml_mapping
+
+    data: Any = read_yaml_mapping(path)
+    if "model" in data:
         data = data["model"]
     if not isinstance(data, Mapping):
         raise BudgetnetError(

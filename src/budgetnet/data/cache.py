@@ -108,7 +108,8 @@ def _write(path: Path, arrays: ImageArrays, source: Source, split: str) -> bool:
             "input_size": source.input_size, "resize": source.resize, "version": CACHE_VERSION}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
+        _remove_orphans(path.parent)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".tmp-{os.getpid()}-"))
     except OSError as exc:
         warnings.warn(f"cannot write the data cache in {path.parent} ({exc}); continuing "
                       f"without it", stacklevel=3)
@@ -130,3 +131,23 @@ def _write(path: Path, arrays: ImageArrays, source: Source, split: str) -> bool:
         return False
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_orphans(folder: Path) -> None:
+    """Delete the temp folders of writers that died mid-write (a kill, a power loss): each is
+    named after its writer's pid, and a writer still alive keeps its own."""
+    for tmp in folder.glob(".tmp-*-*"):
+        pid = tmp.name.split("-")[1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process (or a number no pid can be): leave its folder be
+    return True

@@ -150,6 +150,18 @@ def use_channels_last(setting: bool | str, device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
 
 
+def compile_model(model: nn.Module, cache_dir: str | None = None) -> nn.Module:
+    """torch.compile, with Inductor's compiled-artifact caches (FX graph and AOTAutograd) kept
+    under budgetnet's cache folder (`<cache>/inductor`) rather than Inductor's default in /tmp,
+    which a reboot wipes: a later run of the same model and shapes loads its kernels instead
+    of compiling them. $TORCHINDUCTOR_CACHE_DIR, where set, wins."""
+    from budgetnet.data.cache import default_cache_dir
+
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
+    return torch.compile(model)
+
+
 class _SignalGuard:
     """Turns SIGINT/SIGTERM into a flag checked between steps, so we stop at a clean point."""
 
@@ -257,7 +269,7 @@ class _Trainer:
             )
             if tc.ema_decay else None
         )
-        self.step_model: nn.Module = torch.compile(self.model) if tc.compile else self.model
+        self.step_model: nn.Module = compile_model(self.model, cfg.data.cache_dir) if tc.compile else self.model
         self.criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
         self.stopper = EarlyStopping(tc.early_stopping) if tc.early_stopping else None
         self.state = _State()
