@@ -77,8 +77,9 @@ def recipe_mapping(name: str) -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
-def read_yaml_mapping(path: Path) -> dict[str, Any]:
-    """A YAML file that must hold a mapping; one-line errors for everything else."""
+def read_yaml_mapping(path: Path, holds: str = "a mapping of sections") -> dict[str, Any]:
+    """A YAML file that must hold a mapping (`holds` names it in the error); one-line errors
+    for everything else."""
     path = Path(path)
     if not path.is_file():
         raise BudgetnetError(f"config file {path} does not exist")
@@ -102,7 +103,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise BudgetnetError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+        raise BudgetnetError(f"config file {path} must hold {holds}, not {type(data).__name__}")
     return data
 
 

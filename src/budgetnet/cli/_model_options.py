@@ -102,13 +102,12 @@ def read_model_section(path: Path) -> dict[str, Any]:
     """The model mapping in a YAML file: the file itself, or its ``model:`` section."""
     from budgetnet.config import read_yaml_mapping
 
-    data: Any = read_yaml_mapping(path)
+    holds = "a model spec mapping (or a run config with a model: section)"
+    data: Any = read_yaml_mapping(path, holds)
     if "model" in data:
         data = data["model"]
     if not isinstance(data, Mapping):
-        raise BudgetnetError(
-            f"config file {path} must hold a model spec mapping (or a run config with a model: section)"
-        )
+        raise BudgetnetError(f"config file {path} must hold {holds}")
     return dict(data)
 
 
