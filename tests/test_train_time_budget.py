@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ def test_compressed_schedule_keeps_its_shape_in_fewer_steps() -> None:
 def test_unbinding_budget_trains_exactly_the_unbudgeted_run(tmp_path: Path, data: Path) -> None:
     """The timed throwaway steps are undone: with a budget too large to bind, the run's metrics
     and weights equal those of the run without one."""
-    plain = engine.train(tiny_config(data), tmp_path / "plain", quiet=True)
+    plain = engine.train(tiny_config(data, time_budget_s=None), tmp_path / "plain", quiet=True)
     budgeted = engine.train(tiny_config(data, time_budget_s=1e6), tmp_path / "budgeted", quiet=True)
     assert_same_history(tmp_path / "plain", tmp_path / "budgeted")
     assert_same_weights(tmp_path / "plain", tmp_path / "budgeted")
@@ -89,6 +90,47 @@ def test_a_resumed_budgeted_run_keeps_its_plan(tmp_path: Path, data: Path, monke
     assert_same_history(whole, cut)
     assert_same_weights(whole, cut)
     assert json.loads((cut / "summary.json").read_text())["steps_run"] == 10
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()` before")
+def test_rebuilt_schedule_continues_where_the_old_one_was(tmp_path: Path, data: Path) -> None:
+    """Re-planning rebuilds the scheduler at the current step: with an unchanged plan the lrs
+    that follow are the ones the original scheduler would have given."""
+    trainer = engine._Trainer(tiny_config(data), tmp_path, quiet=True, on_epoch_end=None)
+    trainer.state.planned_steps = 21
+    original = trainer._build_scheduler()
+    expected = []
+    for _ in range(21):
+        expected.append(trainer.optimizer.param_groups[0]["lr"])
+        original.step()
+    trainer.scheduler = trainer._build_scheduler()
+    for _ in range(8):
+        trainer.scheduler.step()
+    rebuilt = trainer._build_scheduler(steps_done=8)
+    got = []
+    for _ in range(8, 21):
+        got.append(trainer.optimizer.param_groups[0]["lr"])
+        rebuilt.step()
+    assert got == pytest.approx(expected[8:])
+
+
+def test_a_slower_pace_than_timed_shrinks_the_plan(tmp_path: Path, data: Path, monkeypatch) -> None:
+    """The timed steps claimed 0.1 ms a step, so all 180 steps were planned; the real pace is
+    far slower, so the plan shrinks on the way and the schedule still ends at zero."""
+    monkeypatch.setattr(engine._Trainer, "_time_steps", lambda self: (1e-4, 0.0, 0.0))
+    real_step = engine._Trainer._step
+
+    def slow_step(self, x, y):
+        time.sleep(0.01)
+        return real_step(self, x, y)
+
+    monkeypatch.setattr(engine._Trainer, "_step", slow_step)
+    cfg = tiny_config(data, time_budget_s=0.5, batch_size=2)  # 3 epochs x 60 steps
+    result = engine.train(cfg, tmp_path / "run", quiet=True)
+    s = result.summary
+    assert s["steps_run"] == s["planned_steps"] < 60 and s["replans"] >= 1
+    assert s["train_seconds"] < 1.5  # the unrevised plan would take 180 x 10 ms = 1.8 s at least
+    assert float(metrics(tmp_path / "run")[-1]["lr"]) < 1e-6
 
 
 def test_time_budget_flag_reaches_the_summary(tmp_path: Path, data: Path, capsys) -> None:
