@@ -70,7 +70,7 @@ def test_seed_specifics() -> None:
 
 
 def test_recipes_are_listed() -> None:
-    assert list_recipes() == ["flagship", "long"]
+    assert list_recipes() == ["cpu300", "flagship", "long"]
 
 
 @pytest.mark.parametrize("name", ["flagship", "long"])
@@ -105,5 +105,5 @@ def test_empty_config_file_is_all_defaults(tmp_path: Path) -> None:
 
 
 def test_unknown_recipe() -> None:
-    with pytest.raises(BudgetnetError, match="unknown recipe 'turbo'; choose one of: flagship, long"):
+    with pytest.raises(BudgetnetError, match="unknown recipe 'turbo'; choose one of: cpu300, flagship, long"):
         load_config(recipe="turbo")

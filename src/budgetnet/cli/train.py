@@ -28,7 +28,7 @@ def _set(tree: dict[str, Any], section: str, key: str, value: Any) -> None:
 @app.command()
 def train(
     config: Annotated[Optional[Path], typer.Option("--config", help="Run config YAML (see configs/).")] = None,
-    recipe: Annotated[Optional[str], typer.Option("--recipe", help="A shipped recipe: flagship (default), long.")] = None,
+    recipe: Annotated[Optional[str], typer.Option("--recipe", help="A shipped recipe: flagship (default), long, cpu300.")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Run directory [default: runs/<name>-<time>].")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Run name, used in the directory name.")] = None,
