@@ -51,8 +51,10 @@ def tiny_config(data: Path, **train: Any) -> RunConfig:
         "data": {"path": str(data), "val_size": 24, "input_size": 16},
         "model": {"preset": None, "blocks": [1, 1], "channels": [8, 16], "stem_width": 8, "classes": 3,
                   "input_size": 16},
+        # No time budget: the poisoning tests count training forward passes, and planning a
+        # budget runs throwaway ones first.
         "train": {"epochs": 2, "batch_size": 16, "precision": "fp32", "threads": 1, "device": "cpu",
-                  "checkpoint_every_steps": 2, **train},
+                  "checkpoint_every_steps": 2, "time_budget_s": None, **train},
     })
 
 

@@ -26,7 +26,7 @@ def test_compiled_runs_cache_their_kernels_in_the_budgetnet_cache(
 
     cache = tmp_path / "cache"
     cfg = load_config(overrides={
-        "data": {"path": str(data), "val_size": 15, "cache_dir": str(cache)},
+        "data": {"path": str(data), "val_size": 15, "cache_dir": str(cache), "input_size": 16},
         "model": {"preset": None, "blocks": [1], "channels": [8], "classes": 3, "input_size": 16},
         "train": {"epochs": 1, "batch_size": 15, "precision": "fp32", "threads": 1, "device": "cpu",
                   "compile": True, "time_budget_s": 1e6, "tta": False},

@@ -158,11 +158,16 @@ def compile_model(model: nn.Module, cache_dir: str | None = None) -> nn.Module:
     """torch.compile, with Inductor's compiled-artifact caches (FX graph and AOTAutograd) kept
     under budgetnet's cache folder (`<cache>/inductor`) rather than Inductor's default in /tmp,
     which a reboot wipes: a later run of the same model and shapes loads its kernels instead
-    of compiling them. $TORCHINDUCTOR_CACHE_DIR, where set, wins."""
+    of compiling them. A $TORCHINDUCTOR_CACHE_DIR of the user's wins."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir as inductor_default
+
     from budgetnet.data.cache import default_cache_dir
 
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
+    # Inductor writes its default into the variable the first time it is asked (imports done by
+    # the data path ask), so the default found there is Inductor's, not the user's choice.
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, inductor_default()):
+        root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")
     return torch.compile(model)
 
 
