@@ -92,7 +92,7 @@ def test_a_resumed_budgeted_run_keeps_its_plan(tmp_path: Path, data: Path, monke
     assert json.loads((cut / "summary.json").read_text())["steps_run"] == 10
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()` before")
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
 def test_rebuilt_schedule_continues_where_the_old_one_was(tmp_path: Path, data: Path) -> None:
     """Re-planning rebuilds the scheduler at the current step: with an unchanged plan the lrs
     that follow are the ones the original scheduler would have given."""
