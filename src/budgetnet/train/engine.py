@@ -286,7 +286,7 @@ class _Trainer:
     # ---- the step -------------------------------------------------------------------------
     def _train_epoch(self, epoch: int, guard: _SignalGuard, progress: ProgressReporter) -> bool:
         """One epoch (or its remainder after a resume). False if a signal cut it short."""
-        st, tc = self.state, self.cfg.train
+        st = self.state
         self.step_model.train()
         self.loader.set_epoch(epoch)
         loss_sum = torch.tensor(st.partial[0], device=self.device)
@@ -348,14 +348,11 @@ class _Trainer:
     def _plan(self) -> None:
         """Fix the number of optimizer steps: all the epochs', or those that fit the time budget."""
         st, tc = self.state, self.cfg.train
-        full = len(self.loader) * tc.epochs
         if tc.time_budget_s is None:
-            st.planned_steps = full
+            st.planned_steps = len(self.loader) * tc.epochs
             return
         seconds_per_step, warmup_seconds, calibration_seconds = self._time_steps()
-        # 3% headroom for what the timed steps don't see: progress syncs, checkpoints, epoch turns.
-        fit = int(0.97 * tc.time_budget_s / seconds_per_step)
-        st.planned_steps = max(1, min(full, fit))
+        st.planned_steps = self._steps_that_fit(0.0, seconds_per_step)
         st.calibration = {
             "seconds_per_step": seconds_per_step, "warmup_seconds": warmup_seconds,
             "calibration_seconds": calibration_seconds,
@@ -368,14 +365,22 @@ class _Trainer:
         if tc.time_budget_s is None or st.global_step == 0:
             return
         elapsed = st.train_seconds + running
-        fit = st.global_step + int((0.97 * tc.time_budget_s - elapsed) / (elapsed / st.global_step))
-        steps = min(len(self.loader) * tc.epochs, max(st.global_step + 1, fit))
+        steps = self._steps_that_fit(elapsed, elapsed / st.global_step)
         if abs(steps - st.planned_steps) <= 0.02 * st.planned_steps:
             return
         st.planned_steps = steps
         st.calibration["replans"] = st.calibration.get("replans", 0) + 1
         if not self.per_epoch_sched:
             self.scheduler = self._build_scheduler(st.global_step)
+
+    def _steps_that_fit(self, elapsed: float, seconds_per_step: float) -> int:
+        """Steps done plus those the rest of the time budget holds at this pace: at least one
+        more, at most the recipe's epochs. 3% headroom for what a step's time does not show:
+        progress syncs, checkpoints, epoch turns."""
+        st, tc = self.state, self.cfg.train
+        assert tc.time_budget_s is not None
+        fit = st.global_step + int((0.97 * tc.time_budget_s - elapsed) / seconds_per_step)
+        return min(len(self.loader) * tc.epochs, max(st.global_step + 1, fit))
 
     def _build_scheduler(self, steps_done: int = 0) -> Any:
         """The schedule for the planned steps, advanced past `steps_done` of them."""
