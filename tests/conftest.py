@@ -143,3 +143,13 @@ def encode(img: np.ndarray, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format=fmt)
     return buf.getvalue()
+
+
+def write_noisy_npz(path: Path, n: int, seed: int) -> Path:
+    """`n` 16x16 images of 3 classes (a, b, c) whose brightness differs by only 10/255 under
+    0-80 of noise: learnable, but not in a step, so training curves have something to show."""
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(np.arange(n) % 3)
+    x = (rng.integers(0, 80, (n, 16, 16, 3)) + 10 * y[:, None, None, None]).astype(np.uint8)
+    np.savez(path, x=x, y=y, classes=np.array(["a", "b", "c"]))
+    return path

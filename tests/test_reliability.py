@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from conftest import write_noisy_npz
 
 from budgetnet.config import build_config, read_yaml_mapping
 from budgetnet.train.checkpoint import load_checkpoint
@@ -44,14 +44,6 @@ TRAIN_ARGS = [
 COMPARED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "nan_skips"]  # not the seconds
 CHECKPOINTS = ("last.pt", "previous.pt", "best.pt")
 TOTAL_KILLS = 12  # across the two chains
-
-
-def _write_data(path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    y = rng.permutation(np.arange(256) % 3)
-    x = (rng.integers(0, 80, (256, 16, 16, 3)) + 10 * y[:, None, None, None]).astype(np.uint8)
-    np.savez(path, x=x, y=y, classes=np.array(["a", "b", "c"]))
-    return path
 
 
 @dataclass
@@ -83,7 +75,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
     root = tmp_path_factory.mktemp("reliability")
     cache = root / "cache"
     environ = dict(os.environ, BUDGETNET_CACHE=str(cache), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return Env(root, _write_data(root / "data.npz"), environ)
+    return Env(root, write_noisy_npz(root / "data.npz", 256, seed=0), environ)
 
 
 class Reference:

@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
+from conftest import write_noisy_npz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,14 +36,6 @@ from budgetnet.train.checkpoint import load_checkpoint
 REFUSED: list[str] = []  # every bad file refused in this module, for the report
 COMPARED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "nan_skips"]
 STEPS_PER_EPOCH = 6
-
-
-def _write_data(path: Path) -> Path:
-    rng = np.random.default_rng(1)
-    y = rng.permutation(np.arange(120) % 3)
-    x = (rng.integers(0, 80, (120, 16, 16, 3)) + 10 * y[:, None, None, None]).astype(np.uint8)
-    np.savez(path, x=x, y=y, classes=np.array(["a", "b", "c"]))
-    return path
 
 
 def tiny_config(data: Path, **train: Any) -> RunConfig:
@@ -109,7 +101,7 @@ def _keep_threads():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _write_data(tmp_path_factory.mktemp("faults-data") / "data.npz")
+    return write_noisy_npz(tmp_path_factory.mktemp("faults-data") / "data.npz", 120, seed=1)
 
 
 @pytest.fixture(scope="module")

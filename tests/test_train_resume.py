@@ -64,8 +64,10 @@ def tiny_config(data: Path, **train: object) -> RunConfig:
     })
 
 
-def test_resume_after_an_epoch_matches_uninterrupted(tmp_path: Path, data: Path, capsys) -> None:
-    cfg = tiny_config(data)
+def train_whole_and_cut(cfg: RunConfig, tmp_path: Path, cut_cfg: RunConfig | None = None) -> tuple[Path, Path]:
+    """`cfg` trained uninterrupted into tmp_path/whole, and (or `cut_cfg`, the same run with
+    other checkpointing) into tmp_path/cut stopped after its first epoch, as a search's pruner
+    stops a trial."""
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     engine.train(cfg, whole, quiet=True)
 
@@ -74,7 +76,12 @@ def test_resume_after_an_epoch_matches_uninterrupted(tmp_path: Path, data: Path,
             raise Stop
 
     with pytest.raises(Stop):
-        engine.train(cfg, cut, quiet=True, on_epoch_end=stop_after_first)
+        engine.train(cut_cfg or cfg, cut, quiet=True, on_epoch_end=stop_after_first)
+    return whole, cut
+
+
+def test_resume_after_an_epoch_matches_uninterrupted(tmp_path: Path, data: Path, capsys) -> None:
+    whole, cut = train_whole_and_cut(tiny_config(data), tmp_path)
     assert len(metrics(cut)) == 1 and not (cut / "summary.json").exists()
     assert load_checkpoint(cut / "last.pt")["progress"]["epoch"] == 1
 
@@ -138,16 +145,8 @@ def test_resume_falls_back_to_previous_checkpoint_when_last_is_damaged(
     tmp_path: Path, data: Path, capsys
 ) -> None:
     cfg = tiny_config(data, epochs=2)
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    engine.train(cfg, whole, quiet=True)
-
-    def stop_after_first(row: dict[str, float]) -> None:
-        if row["epoch"] == 1:
-            raise Stop
-
-    with pytest.raises(Stop):
-        engine.train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"checkpoint_every_steps": 3})}),
-                     cut, quiet=True, on_epoch_end=stop_after_first)
+    mid_epoch_checkpoints = cfg.model_copy(update={"train": cfg.train.model_copy(update={"checkpoint_every_steps": 3})})
+    whole, cut = train_whole_and_cut(cfg, tmp_path, mid_epoch_checkpoints)
     # last.pt is the end of epoch 1, previous.pt the mid-epoch checkpoint before it.
     raw = (cut / "last.pt").read_bytes()
     (cut / "last.pt").write_bytes(raw[: len(raw) // 2])  # a kill during a copy, a full disk...

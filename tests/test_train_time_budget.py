@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_synthetic, write_npz
-from test_train_resume import Stop, assert_same_history, assert_same_weights, metrics, tiny_config
+from test_train_resume import assert_same_history, assert_same_weights, metrics, tiny_config, train_whole_and_cut
 
 from budgetnet.cli import main
 from budgetnet.train import engine
@@ -75,14 +75,7 @@ def test_binding_budget_cuts_the_plan_mid_epoch(tmp_path: Path, data: Path, monk
 def test_a_resumed_budgeted_run_keeps_its_plan(tmp_path: Path, data: Path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(engine._Trainer, "_time_steps", lambda self: (1.0, 0.5, 1.0))
     cfg = tiny_config(data, time_budget_s=10.4)  # 10 of the 3 x 7 steps: all of epoch 1, 3 of epoch 2
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    engine.train(cfg, whole, quiet=True)
-
-    def stop_after_first(row: dict[str, float]) -> None:
-        raise Stop
-
-    with pytest.raises(Stop):
-        engine.train(cfg, cut, quiet=True, on_epoch_end=stop_after_first)
+    whole, cut = train_whole_and_cut(cfg, tmp_path)
     assert load_checkpoint(cut / "last.pt")["progress"]["planned_steps"] == 10
     # Were the plan made again, this "measurement" would allow all 21 steps.
     monkeypatch.setattr(engine._Trainer, "_time_steps", lambda self: (0.01, 0.5, 1.0))
