@@ -153,11 +153,61 @@ class PreActBlock(nn.Module):
         return out + skip
 
 
+class PlainBlock(nn.Sequential):
+    """conv -> BN -> act with no skip: airbench's second conv of a stage. Dirac-initialized
+    (`conv_init: dirac`) it starts as the identity, which stands in for the skip."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        stride: int = 1,
+        *,
+        kernels: Sequence[int] = (3,),
+        skip_kernel: int = 1,
+        act: str = "relu",
+    ):
+        (k,) = kernels
+        super().__init__(
+            OrderedDict(conv=conv(in_ch, out_ch, k, stride), bn=nn.BatchNorm2d(out_ch), act=make_activation(act))
+        )
+
+
 BLOCKS: dict[str, type[nn.Module]] = {
     "basic": BasicBlock,
     "bottleneck": BottleneckBlock,
     "preact": PreActBlock,
+    "plain": PlainBlock,
 }
+
+
+class WhiteningStem(nn.Module):
+    """A frozen patch-whitening conv (Jordan's airbench, after Page's ResNet-9 speed runs):
+    a k x k unpadded conv whose filters are the eigenvectors of the training images' k x k
+    patch covariance, scaled by 1/sqrt(eigenvalue + eps), with both signs, then the
+    activation. Decorrelated inputs are what lets the layers after it take large steps from
+    the first batch; the weights stay frozen and only the bias trains (briefly)."""
+
+    def __init__(self, in_ch: int, kernel: int, act: str = "gelu"):
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, 2 * in_ch * kernel * kernel, kernel, padding=0, bias=True)
+        self.conv.weight.requires_grad_(False)
+        self.act = make_activation(act)
+
+    @torch.no_grad()
+    def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the filters from normalized NCHW float `images` (a few thousand are plenty)."""
+        c, k = self.conv.in_channels, self.conv.kernel_size[0]
+        patches = images.float().unfold(2, k, 1).unfold(3, k, 1)  # N, C, H', W', k, k
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k).double()
+        covariance = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
+        filters = (eigenvectors.T / (eigenvalues + eps).sqrt()[:, None]).flip(0).view(c * k * k, c, k, k)
+        self.conv.weight.copy_(torch.cat((filters, -filters)).to(self.conv.weight.dtype))
+        self.conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x))
 
 
 class ConvPoolStage(nn.Module):

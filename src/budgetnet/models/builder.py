@@ -8,7 +8,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from budgetnet.models.blocks import BLOCKS, ConvBNAct, ConvPoolStage, make_activation
+from budgetnet.models.blocks import BLOCKS, ConvBNAct, ConvPoolStage, WhiteningStem, make_activation
 from budgetnet.models.spec import ResNetSpec
 
 
@@ -24,7 +24,10 @@ class ResNet(nn.Module):
         block = partial(
             BLOCKS[spec.block], kernels=spec.kernels, skip_kernel=spec.skip_kernel, act=spec.activation
         )
-        self.stem = ConvBNAct(spec.in_channels, spec.stem_channels, spec.stem_kernel, act=spec.activation)
+        self.stem: nn.Module = (
+            WhiteningStem(spec.in_channels, spec.whiten_kernel, act=spec.activation) if spec.stem == "whiten"
+            else ConvBNAct(spec.in_channels, spec.stem_channels, spec.stem_kernel, act=spec.activation)
+        )
         layers: list[nn.Module] = []
         width = spec.stem_channels
         for kind, depth, out, stride in zip(spec.layer_kinds, spec.blocks, spec.channels, spec.layer_strides):
@@ -41,17 +44,31 @@ class ResNet(nn.Module):
         self.final = (
             nn.Sequential(nn.BatchNorm2d(width), make_activation(spec.activation)) if ends_on_preact else nn.Identity()
         )
-        self.pool = nn.AdaptiveAvgPool2d(1) if spec.pool == "global" else nn.AvgPool2d(spec.pool)
+        if spec.pool_op == "max":
+            self.pool: nn.Module = nn.AdaptiveMaxPool2d(1) if spec.pool == "global" else nn.MaxPool2d(spec.pool)
+        else:
+            self.pool = nn.AdaptiveAvgPool2d(1) if spec.pool == "global" else nn.AvgPool2d(spec.pool)
         self.dropout = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
-        self.fc = nn.Linear(spec.head_features, spec.classes)
+        self.fc = nn.Linear(spec.head_features, spec.classes, bias=spec.head_bias)
         self.head_scale = spec.head_scale
         self._init_weights()
 
     def _init_weights(self) -> None:
+        spec = self.spec
         for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum, m.eps = spec.bn_momentum, spec.bn_eps
+                m.weight.requires_grad_(not spec.bn_frozen_scale)
             # Meta tensors (parameter counting) have no values to initialize, and touching
             # them with init ops costs seconds of lazy imports.
-            if isinstance(m, nn.Conv2d) and not m.weight.is_meta:
+            if not isinstance(m, nn.Conv2d) or m.weight.is_meta or not m.weight.requires_grad:
+                continue
+            if spec.conv_init == "dirac":
+                # PyTorch's default init, then the first in_channels filters as identities
+                # (airbench): a fresh stage passes its input through.
+                m.reset_parameters()
+                nn.init.dirac_(m.weight[: m.in_channels])
+            else:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

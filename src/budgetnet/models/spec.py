@@ -17,8 +17,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from budgetnet.errors import BudgetnetError
 
 StageKind = Literal["residual", "conv_pool"]
-BlockType = Literal["basic", "bottleneck", "preact"]
+BlockType = Literal["basic", "bottleneck", "preact", "plain"]
 Activation = Literal["relu", "gelu", "silu"]
+StemKind = Literal["conv", "whiten"]
+ConvInit = Literal["kaiming", "dirac"]
 
 # Inner width of a bottleneck block is channels / BOTTLENECK_EXPANSION (1x1 down, kxk, 1x1 up).
 BOTTLENECK_EXPANSION = 4
@@ -48,6 +50,15 @@ class ResNetSpec(BaseModel):
       activation, then ``blocks[i]`` (possibly 0) identity-skip blocks at that width. Pooling
       before BN is deliberate: BN and the activation then touch 4x fewer elements.
 
+    ``block: plain`` is a single conv-BN-activation with no skip (airbench's second conv of a
+    stage); with ``conv_init: dirac`` it starts as an identity map, which is what lets such a
+    net train as fast as a residual one without the skip's memory traffic.
+
+    ``stem: whiten`` replaces the stem conv by a frozen ``whiten_kernel`` x ``whiten_kernel``
+    patch-whitening conv (no padding) with both signs of each eigenvector, so it has
+    ``2 * in_channels * whiten_kernel**2`` outputs; its weights are set from the training
+    data's patch covariance before training (`init_whitening`), only its bias trains.
+
     ``channels`` is always the width a layer *outputs*, for every block type, so counts and
     width fitting mean the same thing for all of them (a bottleneck's inner width is
     ``channels / 4``).
@@ -64,7 +75,15 @@ class ResNetSpec(BaseModel):
     skip_kernel: Kernel = 1
     stem_width: Width | None = None
     stem_kernel: Kernel = 3
+    stem: StemKind = "conv"
+    whiten_kernel: int = Field(default=2, ge=1, le=8)
     pool: Width | Literal["global"] = "global"
+    pool_op: Literal["avg", "max"] = "avg"
+    conv_init: ConvInit = "kaiming"
+    bn_momentum: float = Field(default=0.1, gt=0.0, le=1.0, description="PyTorch convention: weight of the new batch")
+    bn_eps: float = Field(default=1e-5, gt=0.0, lt=1.0)
+    bn_frozen_scale: bool = Field(default=False, description="BN scales fixed at 1; only the shifts train")
+    head_bias: bool = True
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     head_scale: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
     activation: Activation = "relu"
@@ -96,16 +115,23 @@ class ResNetSpec(BaseModel):
         conv) for bottleneck, whose 1x1 convs are fixed."""
         if self.block_kernels is not None:
             return list(self.block_kernels)
-        return [3] if self.block == "bottleneck" else [3, 3]
+        return [3] if self.block in ("bottleneck", "plain") else [3, 3]
 
     @property
     def stem_channels(self) -> int:
+        if self.stem == "whiten":
+            return 2 * self.in_channels * self.whiten_kernel**2
         return self.stem_width if self.stem_width is not None else self.channels[0]
+
+    @property
+    def stem_size(self) -> int:
+        """Side of the stem's output: a whitening stem is unpadded."""
+        return self.input_size - self.whiten_kernel + 1 if self.stem == "whiten" else self.input_size
 
     @property
     def feature_sizes(self) -> list[int]:
         """Side of the (square) feature map after each layer, at ``input_size``."""
-        sizes, side = [], self.input_size
+        sizes, side = [], self.stem_size
         for kind, stride in zip(self.layer_kinds, self.layer_strides):
             # Odd-kernel same-padded conv with stride s gives ceil(side/s); MaxPool2d(s) floors.
             side = math.ceil(side / stride) if kind == "residual" else side // stride
@@ -145,7 +171,7 @@ class ResNetSpec(BaseModel):
                     f"blocks[{i}] is 0 but a residual layer needs at least one block "
                     "(only conv_pool layers may have 0)"
                 )
-        want = 1 if self.block == "bottleneck" else 2
+        want = 1 if self.block in ("bottleneck", "plain") else 2
         if len(self.kernels) != want:
             raise ValueError(
                 f"block_kernels has {len(self.kernels)} entries but a {self.block} block has "
@@ -158,6 +184,18 @@ class ResNetSpec(BaseModel):
                         f"channels[{i}] is {c}; bottleneck layers need a multiple of "
                         f"{BOTTLENECK_EXPANSION} (the inner width is channels/{BOTTLENECK_EXPANSION})"
                     )
+        if self.stem == "whiten" and self.stem_width is not None and self.stem_width != self.stem_channels:
+            raise ValueError(
+                f"stem_width {self.stem_width} does not match the whitening stem, which has "
+                f"2 * in_channels * whiten_kernel**2 = {self.stem_channels} outputs; leave stem_width out"
+            )
+        if self.block == "plain" and "residual" in self.layer_kinds:
+            raise ValueError(
+                "block plain has no skip, so it only goes after a conv_pool layer's pooling; "
+                "set stage_kinds to conv_pool or use a basic/preact/bottleneck block"
+            )
+        if self.stem_size < 1:
+            raise ValueError(f"whiten_kernel {self.whiten_kernel} is larger than the {self.input_size}-pixel input")
         sizes = self.feature_sizes
         if sizes[-1] < 1:
             raise ValueError(

@@ -309,3 +309,28 @@ register_preset(
         notes="The flagship's shape widened and deepened to just under 5M, for the long recipe.",
     )
 )
+# The speed-run family (Jordan's airbench94/95 shapes, after Page's ResNet-9): a frozen 2x2
+# whitening stem, then three conv-pool stages each followed by one dirac-initialized plain
+# conv, BN with frozen scales, GELU, global max pool and a scaled bias-free head.
+_SPEEDRUN = dict(
+    blocks=[1, 1, 1], stage_kinds=["conv_pool"] * 3, block="plain", stem="whiten", activation="gelu",
+    conv_init="dirac", bn_momentum=0.4, bn_eps=1e-12, bn_frozen_scale=True, pool_op="max",
+    head_bias=False, head_scale=1 / 9,
+)
+register_preset(
+    Preset(
+        "speedrun_2m",
+        ResNetSpec(channels=[64, 256, 256], **_SPEEDRUN),
+        "budgetnet (after Jordan's airbench94 and Page's ResNet-9)",
+        notes="The default recipe's model: the most accuracy per training FLOP budgetnet has "
+        "measured; see docs/results/accuracy_per_flop.",
+    )
+)
+register_preset(
+    Preset(
+        "speedrun_5m",
+        ResNetSpec(channels=[128, 384, 384], **_SPEEDRUN),
+        "budgetnet (after Jordan's airbench95)",
+        notes="The speed-run family at 4.6M parameters, for the long recipe.",
+    )
+)

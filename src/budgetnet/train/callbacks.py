@@ -141,6 +141,8 @@ class ProgressReporter:
         if not math.isnan(row.get("val_acc", math.nan)):
             line += f"  val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%"
         line += f"  lr {row['lr']:.4g}  {row['train_seconds']:.1f}s"
+        if "train_pflop" in row:
+            line += f"  {row['train_pflop']:.4f} PFLOP"
         if self._progress is not None:
             self._progress.update(self._task, completed=self.steps_per_epoch, stats=line.split("  ", 1)[1])
         else:

@@ -1,17 +1,20 @@
 """The training loop. The whole step is `_train_epoch`; everything else is bookkeeping.
 
 Resumability rests on three facts: the loader's randomness for epoch e is a pure function of
-(seed, e); the checkpoint holds model, optimizer, scheduler, scaler, RNG states and the
-metrics history; and a checkpoint taken mid-epoch records how many batches were done, which
+(seed, e); the learning rate is a pure function of the step (train/schedules.py); the
+checkpoint holds model, optimizer, scaler, RNG states and the metrics history; and a checkpoint taken mid-epoch records how many batches were done, which
 the resumed run skips. So a run killed at any point and resumed replays what an uninterrupted
 run would have done.
 
 A time budget (`time_budget_s`) is planned before the first step: a few throwaway steps (the
 model, optimizer and RNG are restored afterwards; compile happens here) give the seconds per
-step, hence the steps that fit, and the schedule is built for that many. Every 10 steps the
+step, hence the steps that fit, and the schedule is spread over that many. Every 10 steps the
 plan is revised from the pace actually kept (measured here: the sustained pace of a CPU run
-was up to 1.4x slower than its first steps'), and the schedule rebuilt for the new length at
-the current step. The plan is checkpointed, so a resumed run keeps it. This is "budgeted
+was up to 1.4x slower than its first steps'); the schedule follows the new length at once,
+since it is a function of (step, planned steps).
+
+Training compute is counted as 3 x forward FLOPs per image (forward + backward) x images
+trained (`train_pflop` in metrics.csv and summary.json), the same on every machine. The plan is checkpointed, so a resumed run keeps it. This is "budgeted
 training" (Li et al., ICLR 2020: a schedule that decays to zero at the budget beats cutting a
 longer one short).
 """
@@ -24,14 +27,13 @@ import os
 import signal
 import sys
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from budgetnet.errors import BudgetnetError
@@ -60,6 +62,12 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False
+    micro_batch: int | None = Field(
+        None, ge=1, le=65_536,
+        description="forward/backward the batch in slices of this many images (same update, BN "
+        "statistics per slice): large batches run slower per image on CPUs (speedrun_2m on 2 AVX2 "
+        "cores: 0.106 TFLOP/s at 500 images, 0.065 at 2,000)",
+    )
     threads: int | None = Field(None, ge=1, le=1024)
     early_stopping: EarlyStoppingConfig | None = None
     ema_decay: float | None = Field(None, gt=0, lt=1, description="evaluate an EMA of the weights")
@@ -68,10 +76,21 @@ class TrainConfig(BaseModel):
     checkpoint_every_steps: int | None = Field(None, ge=1, description="also checkpoint mid-epoch")
     max_train_seconds: float | None = Field(None, gt=0, description="stop after this much training time")
     time_budget_s: float | None = Field(
-        None, gt=0, le=10_000_000,
+        None, gt=0,
         description="plan the run to fit this much training time: the steps that fit are timed "
-        "before training, and the epochs and schedule are compressed to them (never stretched)",
+        "before training, and the epochs and schedule are compressed to them (never stretched); "
+        "none (or off) for no time budget",
     )
+
+    @field_validator("time_budget_s", mode="before")
+    @classmethod
+    def _budget_off(cls, value: Any) -> Any:
+        # "none"/"off" lift the budget; so does any value beyond a year, which cannot be planned.
+        if isinstance(value, str) and value.strip().lower() in ("none", "off", "null", ""):
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 365 * 86400:
+            return None
+        return value
 
 
 class TrainingInterrupted(Exception):
@@ -104,6 +123,7 @@ class _State:
     train_seconds: float = 0.0
     stopped: bool = False  # early stopping or the time limit ended the run: a resume must not go on
     planned_steps: int = 0  # optimizer steps the run will take (0: not planned yet)
+    images_seen: int = 0  # training images stepped on (the compute count's unit)
     calibration: dict[str, float] = field(default_factory=dict)  # what planning a time budget measured
 
 
@@ -230,7 +250,8 @@ class _Trainer:
         self, cfg: RunConfig, run_dir: Path, quiet: bool, on_epoch_end: Callable[[dict[str, float]], None] | None
     ) -> None:
         from budgetnet.data import BatchAugment, DeviceLoader, prepare_data
-        from budgetnet.models import build_model, count_params
+        from budgetnet.models import build_model, count_params, summarize
+        from budgetnet.train.schedules import Plateau
 
         self.cfg, self.run_dir, self.quiet, self.on_epoch_end = cfg, run_dir, quiet, on_epoch_end
         tc = cfg.train
@@ -269,8 +290,8 @@ class _Trainer:
         from budgetnet.train.optim import build_optimizer
 
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.scheduler: Any = None  # built by run() once the number of steps is planned
-        self.per_epoch_sched = cfg.schedule.name == "plateau"
+        self.plateau = Plateau(cfg.schedule) if cfg.schedule.name == "plateau" else None
+        self.flops_per_image = summarize(cfg.model, cfg.budget).flops
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16 and self.device.type == "cuda")
         self.ema = (
             torch.optim.swa_utils.AveragedModel(
@@ -296,6 +317,7 @@ class _Trainer:
         for i, (x, y) in enumerate(self.loader):
             if i < st.step_in_epoch:
                 continue  # replaying a resumed epoch: these batches were trained before the stop
+            self._set_lr(st.global_step)
             logits, loss = self._step(x, y)
             if loss is None:
                 st.nan_skips += 1
@@ -303,9 +325,7 @@ class _Trainer:
                 loss_sum += loss.detach().float() * len(y)
                 correct += (logits.argmax(1) == y).sum()
                 seen += len(y)
-            if not self.per_epoch_sched:
-                self.scheduler.step()
-            st.step_in_epoch, st.global_step = i + 1, st.global_step + 1
+            st.step_in_epoch, st.global_step, st.images_seen = i + 1, st.global_step + 1, st.images_seen + len(y)
             if (i + 1) % 10 == 0:  # the only host syncs inside an epoch: every 10 steps
                 self._check_finite(loss_sum, epoch, i)
                 progress.step(i + 1, loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1))
@@ -325,16 +345,24 @@ class _Trainer:
         return st.step_in_epoch >= len(self.loader) or guard.signum is None
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Forward, backward, optimizer (and EMA) update. The loss is None for a skipped
-        non-finite batch (on_nan: skip); that check is the one host sync, and only then."""
+        """Forward, backward, optimizer (and EMA) update; a batch larger than `micro_batch` is
+        forwarded and backpropagated in slices whose gradients add up to the batch's. The loss
+        is None for a skipped non-finite batch (on_nan: skip); that check is the one host sync,
+        and only then."""
         tc, opt = self.cfg.train, self.optimizer
-        with torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext():
-            logits = self.step_model(x)
-            loss = self.criterion(logits, y)
         opt.zero_grad(set_to_none=True)
+        size = tc.micro_batch or len(y)
+        logits, loss = [], torch.zeros((), device=self.device)
+        for xs, ys in zip(x.split(size), y.split(size)):
+            with torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext():
+                out = self.step_model(xs)
+                part = self.criterion(out, ys) * (len(ys) / len(y))
+            self.scaler.scale(part).backward()
+            logits.append(out.detach())
+            loss = loss + part.detach().float()
         if tc.on_nan == "skip" and not torch.isfinite(loss):
-            return logits, None
-        self.scaler.scale(loss).backward()
+            opt.zero_grad(set_to_none=True)
+            return torch.cat(logits), None
         if tc.grad_clip:
             self.scaler.unscale_(opt)
             nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
@@ -342,7 +370,7 @@ class _Trainer:
         self.scaler.update()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
-        return logits, loss
+        return torch.cat(logits), loss
 
     # ---- planning -------------------------------------------------------------------------
     def _plan(self) -> None:
@@ -370,8 +398,6 @@ class _Trainer:
             return
         st.planned_steps = steps
         st.calibration["replans"] = st.calibration.get("replans", 0) + 1
-        if not self.per_epoch_sched:
-            self.scheduler = self._build_scheduler(st.global_step)
 
     def _steps_that_fit(self, elapsed: float, seconds_per_step: float) -> int:
         """Steps done plus those the rest of the time budget holds at this pace: at least one
@@ -382,21 +408,33 @@ class _Trainer:
         fit = st.global_step + int((0.97 * tc.time_budget_s - elapsed) / seconds_per_step)
         return min(len(self.loader) * tc.epochs, max(st.global_step + 1, fit))
 
-    def _build_scheduler(self, steps_done: int = 0) -> Any:
-        """The schedule for the planned steps, advanced past `steps_done` of them."""
-        from budgetnet.train.schedules import build_scheduler
+    def _set_lr(self, step: int) -> None:
+        """Every group's lr at `step`: its peak times the schedule's factor over the planned
+        steps (over its `horizon` share of them: a group may stop training early), times the
+        plateau's scale."""
+        from budgetnet.train.schedules import lr_factor
 
-        for group in self.optimizer.param_groups:  # schedulers start from the lr they find
-            group["lr"] = group.get("initial_lr", group["lr"])
-        tc = self.cfg.train
-        scheduler = build_scheduler(
-            self.optimizer, self.cfg.schedule, len(self.loader), tc.epochs, total_steps=self.state.planned_steps
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "scheduler stepped before the optimizer": intended here
-            for _ in range(steps_done):
-                scheduler.step()
-        return scheduler
+        sched, epochs = self.cfg.schedule, self.cfg.train.epochs
+        scale = self.plateau.scale if self.plateau is not None else 1.0
+        for group in self.optimizer.param_groups:
+            total = max(1, round(group["horizon"] * self.state.planned_steps))
+            factor = lr_factor(sched, step, total, epochs * group["horizon"]) if step < total else 0.0
+            group["lr"] = group["peak_lr"] * factor * scale
+
+    def _train_pflop(self) -> float:
+        """Training compute so far: forward + backward = 3 forward passes per image trained."""
+        return 3 * self.flops_per_image * self.state.images_seen / 1e15
+
+    def _init_whitening(self) -> None:
+        """A whitening stem's filters from the first (up to) 5,000 training images, normalized
+        as the loader hands them over. A resumed run loads them from its checkpoint instead."""
+        stem = getattr(self.model, "stem", None)
+        if not hasattr(stem, "init_whitening"):
+            return
+        x = self.data.train[0][:5000].float().div_(255)
+        mean = torch.tensor(self.data.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.data.std, device=x.device).view(1, -1, 1, 1)
+        stem.init_whitening((x - mean) / std)
 
     def _planned_epochs(self) -> int:
         return math.ceil(self.state.planned_steps / len(self.loader))
@@ -478,7 +516,7 @@ class _Trainer:
             "config": self.cfg.model_dump(mode="json"),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "plateau": self.plateau.state_dict() if self.plateau is not None else None,
             "scaler": self.scaler.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
@@ -486,7 +524,7 @@ class _Trainer:
                 "epoch": st.epoch, "step_in_epoch": st.step_in_epoch, "global_step": st.global_step,
                 "partial": list(st.partial), "best_val": st.best_val, "best_epoch": st.best_epoch,
                 "nan_skips": st.nan_skips, "train_seconds": st.train_seconds, "stopped": st.stopped,
-                "planned_steps": st.planned_steps, "calibration": st.calibration,
+                "planned_steps": st.planned_steps, "calibration": st.calibration, "images_seen": st.images_seen,
             },
             "history": st.history,
             "early_stopping": self.stopper.state_dict() if self.stopper else None,
@@ -541,8 +579,9 @@ class _Trainer:
         for path in damaged:  # kept for inspection, out of the way of the next last.pt -> previous.pt
             os.replace(path, path.with_name(path.name + ".damaged"))
         self.model.load_state_dict(state["model"])
-        # Loaded by run() once it has built the scheduler, whose construction sets the lr.
-        self._saved_optim = (state["optimizer"], state["scheduler"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.plateau is not None and state.get("plateau") is not None:
+            self.plateau.load_state_dict(state["plateau"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_cpu"].cpu())
         if state["rng_cuda"]:
@@ -558,6 +597,7 @@ class _Trainer:
         st.nan_skips, st.train_seconds = p["nan_skips"], p["train_seconds"]
         st.stopped = p.get("stopped", False)
         st.planned_steps, st.calibration = p.get("planned_steps", 0), p.get("calibration", {})
+        st.images_seen = p.get("images_seen", st.global_step * self.cfg.train.batch_size)
         st.history = list(state["history"])
         write_metrics(self.run_dir / "metrics.csv", st.history)  # drop rows a kill left beyond the checkpoint
         return True
@@ -578,12 +618,9 @@ class _Trainer:
         restored = resume and self._restore()
         if not restored:
             write_json(self.run_dir / "environment.json", environment_info(self.device))
+            self._init_whitening()
         if not st.planned_steps:  # a resumed run keeps its plan
             self._plan()
-        self.scheduler = self._build_scheduler()
-        if restored:
-            self.optimizer.load_state_dict(self._saved_optim[0])
-            self.scheduler.load_state_dict(self._saved_optim[1])
         progress = ProgressReporter(self._planned_epochs(), len(self.loader), quiet=self.quiet)
         stop_early = st.stopped
         with _SignalGuard() as guard:
@@ -602,14 +639,14 @@ class _Trainer:
                         "epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                         "val_loss": val_loss, "val_acc": val_acc, "lr": self.optimizer.param_groups[0]["lr"],
                         "seconds": time.perf_counter() - started, "train_seconds": st.train_seconds,
-                        "nan_skips": st.nan_skips,
+                        "train_pflop": self._train_pflop(), "nan_skips": st.nan_skips,
                     }
                     st.history.append(row)
                     st.epoch, st.step_in_epoch, st.partial = epoch + 1, 0, [0.0, 0.0, 0.0]
-                    if self.per_epoch_sched:
+                    if self.plateau is not None:
                         metric = val_acc if self.cfg.schedule.plateau_mode == "val_acc" else val_loss
                         fallback = row["train_acc"] if self.cfg.schedule.plateau_mode == "val_acc" else row["train_loss"]
-                        self.scheduler.step(fallback if math.isnan(metric) else metric)
+                        self.plateau.update(fallback if math.isnan(metric) else metric)
                     # Best is chosen on validation only; with no validation split, the latest wins.
                     if self.val_loader is None or st.best_val is None or val_acc > st.best_val:
                         st.best_val, st.best_epoch = (None if self.val_loader is None else val_acc), epoch + 1
@@ -633,6 +670,8 @@ class _Trainer:
         summary = {
             "params": self.params,
             "flops": model_summary.flops,
+            "images_seen": st.images_seen,
+            "train_pflop": self._train_pflop(),
             "budget": self.cfg.budget,
             "epochs_run": st.epoch,
             "steps_run": st.global_step,

@@ -1,22 +1,30 @@
-"""Learning-rate schedules, all stepped once per optimizer step (except plateau: per epoch).
+"""Learning-rate schedules as pure functions of (step, total steps).
 
-Durations in the config are in epochs (floats allowed) and converted to steps here, so a
-schedule means the same thing whatever the batch size. A run planned to fit a time budget
-(`train.time_budget_s`) has fewer steps than its epochs imply; the whole schedule is then
-compressed into those steps, warm-up included, keeping its shape.
+`lr_factor(cfg, step, total_steps, epochs)` is the multiplier of every parameter group's peak
+lr at optimizer step `step`; the loop sets each group's lr from it before the step. Being a
+pure function, a schedule needs no state in a checkpoint, and re-planning a time budget is
+changing `total_steps`. Durations in the config are in epochs (floats allowed) and are
+converted with `total_steps / epochs` steps per epoch, so a run planned to fewer steps than
+its epochs imply keeps the schedule's shape, warm-up included.
+
+Plateau is the one schedule that depends on results: `Plateau` watches the metric once per
+epoch and scales the factor by `gamma` when it stops improving; its small state is
+checkpointed.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch.optim import lr_scheduler
 
 ScheduleName = Literal[
     "constant", "step", "cosine", "cosine_restarts", "plateau", "cyclic", "onecycle", "linear"
 ]
+
+# torch's OneCycleLR defaults: start at peak/25, end at start/1e4.
+_ONECYCLE_DIV, _ONECYCLE_FINAL_DIV = 25.0, 1e4
 
 
 class ScheduleConfig(BaseModel):
@@ -38,61 +46,73 @@ class ScheduleConfig(BaseModel):
     pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of steps rising")
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer,
-    cfg: ScheduleConfig,
-    steps_per_epoch: int,
-    epochs: int,
-    total_steps: int | None = None,
-) -> lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau:
-    """A scheduler to be stepped after every optimizer step (plateau: after every epoch).
+def _cos(fraction: float, start: float, end: float) -> float:
+    """Half a cosine from `start` (fraction 0) to `end` (fraction 1)."""
+    return end + (start - end) * (1 + math.cos(math.pi * min(max(fraction, 0.0), 1.0))) / 2
 
-    `total_steps` (default: `steps_per_epoch * epochs`) compresses the schedule: one of its
-    epochs then lasts `total_steps / epochs` steps.
-    """
-    spe = steps_per_epoch if total_steps is None else total_steps / epochs
-    total = max(1, round(spe * epochs))
-    warmup = min(total - 1, round(cfg.warmup_epochs * spe))
-    rest = max(1, total - warmup)
-    peak = [g["lr"] for g in optimizer.param_groups]
-    floor = [lr * cfg.min_lr_factor for lr in peak]
 
-    if cfg.name == "plateau":
-        return lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            mode="max" if cfg.plateau_mode == "val_acc" else "min",
-            factor=cfg.gamma,
-            patience=cfg.plateau_patience,
-            min_lr=floor,
-        )
-    if cfg.name == "onecycle":  # has its own warm-up (pct_start)
-        return lr_scheduler.OneCycleLR(
-            optimizer, max_lr=peak, total_steps=total, pct_start=cfg.pct_start, anneal_strategy="cos"
-        )
-    if cfg.name == "cyclic":
+def lr_factor(cfg: ScheduleConfig, step: int, total_steps: int, epochs: float) -> float:
+    """The lr multiplier at optimizer step `step` (0-based) of a run of `total_steps` steps
+    that the config's `epochs` are spread over."""
+    total = max(1, total_steps)
+    spe = total / epochs  # steps per (possibly compressed) epoch
+    floor = cfg.min_lr_factor
+    if cfg.name == "onecycle":  # its own warm-up: pct_start of the run rising
+        up = max(1.0, cfg.pct_start * total - 1)
+        low = 1 / _ONECYCLE_DIV
+        if step <= up:
+            return _cos(step / up, low, 1.0)
+        return _cos((step - up) / max(1.0, total - 1 - up), 1.0, low / _ONECYCLE_FINAL_DIV)
+    if cfg.name == "cyclic":  # triangular, between the floor (1% without one) and the peak
         up = max(1, round(cfg.cyclic_epochs_up * spe))
-        return lr_scheduler.CyclicLR(
-            optimizer, base_lr=floor if cfg.min_lr_factor > 0 else [lr * 0.01 for lr in peak],
-            max_lr=peak, step_size_up=up, cycle_momentum=False,
-        )
+        low = floor if floor > 0 else 0.01
+        position = step % (2 * up)
+        return low + (1 - low) * (1 - abs(position - up) / up)
 
-    if cfg.name == "constant":
-        main: lr_scheduler.LRScheduler = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    elif cfg.name == "step":
-        milestones = [max(1, round(e * spe) - warmup) for e in cfg.step_epochs]
-        main = lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=cfg.gamma)
-    elif cfg.name == "cosine":
-        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=rest, eta_min=min(floor))
-    elif cfg.name == "cosine_restarts":
-        main = lr_scheduler.CosineAnnealingWarmRestarts(
-            optimizer, T_0=max(1, round(cfg.restart_epochs * spe)), T_mult=cfg.restart_mult,
-            eta_min=min(floor),
+    warmup = min(total - 1, round(cfg.warmup_epochs * spe))
+    if step < warmup:
+        return cfg.warmup_start_factor + (1 - cfg.warmup_start_factor) * step / warmup
+    t, rest = step - warmup, max(1, total - warmup)
+    if cfg.name in ("constant", "plateau"):
+        return 1.0
+    if cfg.name == "step":
+        passed = sum(t >= max(1, round(e * spe) - warmup) for e in cfg.step_epochs)
+        return cfg.gamma**passed
+    if cfg.name == "cosine":
+        return _cos(t / rest, 1.0, floor)
+    if cfg.name == "cosine_restarts":
+        cycle = max(1, round(cfg.restart_epochs * spe))
+        while t >= cycle:
+            t, cycle = t - cycle, cycle * cfg.restart_mult
+        return _cos(t / cycle, 1.0, floor)
+    # linear decay to min_lr_factor: the shape fast CIFAR recipes use after warm-up
+    return 1 + (floor - 1) * min(t, rest) / rest
+
+
+class Plateau:
+    """Scales the lr by `gamma` once the monitored metric has not improved for more than
+    `patience` epochs (never below `min_lr_factor`), like torch's ReduceLROnPlateau."""
+
+    def __init__(self, cfg: ScheduleConfig) -> None:
+        self.cfg = cfg
+        self.scale = 1.0
+        self.best: float | None = None
+        self.bad_epochs = 0
+
+    def update(self, metric: float) -> None:
+        better = self.best is None or (
+            metric > self.best if self.cfg.plateau_mode == "val_acc" else metric < self.best
         )
-    else:  # linear decay to min_lr_factor: the shape fast CIFAR recipes use after warm-up
-        main = lr_scheduler.LinearLR(
-            optimizer, start_factor=1.0, end_factor=max(cfg.min_lr_factor, 1e-8), total_iters=rest
-        )
-    if warmup <= 0:
-        return main
-    warm = lr_scheduler.LinearLR(optimizer, start_factor=cfg.warmup_start_factor, end_factor=1.0, total_iters=warmup)
-    return lr_scheduler.SequentialLR(optimizer, [warm, main], milestones=[warmup])
+        if better:
+            self.best, self.bad_epochs = metric, 0
+            return
+        self.bad_epochs += 1
+        if self.bad_epochs > self.cfg.plateau_patience:
+            self.scale = max(self.scale * self.cfg.gamma, self.cfg.min_lr_factor)
+            self.bad_epochs = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scale, self.best, self.bad_epochs = state["scale"], state["best"], state["bad_epochs"]
