@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 import budgetnet
@@ -93,7 +94,8 @@ class OnnxModel(nn.Module):
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime has its own exception types for a bad model
             raise BudgetnetError(f"onnxruntime {ort.__version__} cannot load {name}: "
-                                 f"{one_line(exc)[:300]}; export it again with budgetnet export") from None
+                                 f"{one_line(exc)[:300]}; write it again with budgetnet export (at another --opset if the "
+                                 "opset is what it names)") from None
         self.input_name = self.session.get_inputs()[0].name
         raw = self.session.get_modelmeta().custom_metadata_map
         try:
@@ -136,8 +138,13 @@ def load_model(path: Path, *, last: bool = False) -> Deployed:
     if path.suffix.lower() == ".onnx" and path.is_file():
         onnx_model = OnnxModel(path)
         meta = onnx_model.metadata
-        return Deployed(onnx_model.eval(), list(meta["classes"]), RunConfig.model_validate(meta["config"]),
-                        meta["mean"], meta["std"], path, meta.get("epoch"))
+        try:
+            cfg = RunConfig.model_validate(meta["config"])
+        except ValidationError as exc:
+            raise BudgetnetError(f"{path} has a run config budgetnet {budgetnet.__version__} cannot read "
+                                 f"({exc.error_count()} problems); export it again with this version") from None
+        return Deployed(onnx_model.eval(), list(meta["classes"]), cfg, meta["mean"], meta["std"], path,
+                        meta.get("epoch"))
     ckpt = find_checkpoint(path / "last.pt" if last and path.is_dir() else path)
     state = load_checkpoint(ckpt)
     classes, mean, std = _data_stats(state, ckpt)
@@ -235,9 +242,13 @@ def to_onnx(module: nn.Module, input_size: int, opset: int | None = None) -> tup
 
 
 def with_metadata(model_bytes: bytes, metadata: dict[str, Any]) -> bytes:
-    """`model_bytes` with `metadata` (JSON-encoded values) in the model's metadata props."""
+    """`model_bytes` with `metadata` (JSON-encoded values) in the model's metadata props, and
+    without the exporter's annotations of single nodes and values: Python stack traces with
+    this machine's paths, a tenth of a small model's file."""
     onnx = require("onnx")
     proto = onnx.load_from_string(model_bytes)
+    for item in (*proto.graph.node, *proto.graph.input, *proto.graph.output, *proto.graph.value_info):
+        del item.metadata_props[:]
     kept = [p for p in proto.metadata_props if p.key not in metadata]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)

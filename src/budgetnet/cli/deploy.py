@@ -58,8 +58,8 @@ def export(
             r = q[name]
             typer.echo(f"{name:6}{100 * r['accuracy']:>13.2f}%{r['bytes']:>14,}{r['latency_ms_batch1']:>10.2f}ms"
                        f"{r['latency_ms_batch64']:>10.1f}ms")
-        typer.echo(f"int8: {q['accuracy_drop_points']:+.2f} points below fp32, {q['size_ratio']:.2f}x smaller; "
-                   f"{q['evaluated_on']['images']} images, {q['threads']} threads")
+        typer.echo(f"int8 top-1 {q['accuracy_drop_points']:.2f} points below fp32, file {q['size_ratio']:.2f}x smaller "
+                   f"({q['evaluated_on']['images']} images; latency with {q['threads']} thread(s))")
     typer.echo(f"report: {Path(files['model.onnx']['path']).with_name('model.json')}")
 
 
