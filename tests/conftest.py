@@ -153,3 +153,15 @@ def write_noisy_npz(path: Path, n: int, seed: int) -> Path:
     x = (rng.integers(0, 80, (n, 16, 16, 3)) + 10 * y[:, None, None, None]).astype(np.uint8)
     np.savez(path, x=x, y=y, classes=np.array(["a", "b", "c"]))
     return path
+
+
+def train_tiny(data: Path, out: Path, *options: str, epochs: int = 2) -> Path:
+    """A tiny run (one 8-channel block, 3 classes, fp32, one thread on the CPU) in `out`;
+    `options` add to or override the defaults (later flags win)."""
+    from budgetnet.cli import main
+
+    code = main(["train", "--data", str(data), "--blocks", "1", "--channels", "8", "--classes", "3",
+                 "--epochs", str(epochs), "--batch-size", "16", "--lr", "0.1", "--precision", "fp32",
+                 "--threads", "1", "--device", "cpu", "--quiet", "--out", str(out), *options])
+    assert code == 0
+    return out

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_synthetic, write_npz
+from conftest import make_synthetic, train_tiny, write_npz
 from PIL import Image
 
 from budgetnet.cli import main
@@ -28,10 +28,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     run_dir = root / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BUDGETNET_CACHE", str(root / "cache"))
-        code = main(["train", "--data", str(data), "--val-size", "30", "--blocks", "1", "--channels", "8",
-                     "--classes", "3", "--epochs", "2", "--batch-size", "16", "--lr", "0.1", "--precision", "fp32",
-                     "--threads", "1", "--device", "cpu", "--quiet", "--out", str(run_dir)])
-    assert code == 0
+        train_tiny(data, run_dir, "--val-size", "30")
     return run_dir, data
 
 
@@ -154,9 +151,7 @@ def test_bad_arguments(run: Path, tmp_path: Path, capsys) -> None:
 
 def test_no_validation_split_to_evaluate(data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "all"
-    assert main(["train", "--data", str(data), "--val-size", "0", "--blocks", "1", "--channels", "8", "--classes",
-                 "3", "--epochs", "1", "--batch-size", "32", "--precision", "fp32", "--threads", "1",
-                 "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    train_tiny(data, out, "--val-size", "0", "--batch-size", "32", epochs=1)
     capsys.readouterr()
     assert "--split test" in fails(capsys, out)
     code, report, err = evaluate(capsys, out, "--split", "test", "--json")

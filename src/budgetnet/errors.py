@@ -1,11 +1,24 @@
 """User-facing errors: anything the user can fix (bad input, bad config, bad file).
 
 The CLI turns a `BudgetnetError` into one line on stderr and exit code 2; everything
-else is a bug and keeps its traceback.
+else is a bug and keeps its traceback. `warn` is the one-line counterpart for problems that
+do not stop a command.
 """
 
 from __future__ import annotations
 
+import sys
+
 
 class BudgetnetError(Exception):
     """A problem with the user's input that they can fix; the message says how."""
+
+
+def one_line(message: object) -> str:
+    """`message` with all its whitespace, newlines included, collapsed to single spaces."""
+    return " ".join(str(message).split())
+
+
+def warn(message: str) -> None:
+    """One line on stderr (stdout stays clean for --json and --csv)."""
+    print(f"budgetnet: warning: {one_line(message)}", file=sys.stderr, flush=True)

@@ -1,7 +1,8 @@
 """Accuracy, loss, per-class accuracy and the confusion matrix of a trained model.
 
 `evaluate_loader` is what training calls on the validation split every epoch;
-`evaluate_checkpoint` is what `budgetnet evaluate` calls on a run directory or a best.pt.
+`evaluate_checkpoint` is what `budgetnet evaluate` calls on a run directory, a best.pt or an
+exported .onnx (that one is run by `budgetnet.deploy`).
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ import io
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from budgetnet.errors import BudgetnetError
+
+if TYPE_CHECKING:
+    from budgetnet.data import DataConfig
 
 
 @dataclass
@@ -114,13 +118,36 @@ def _names(classes: list[str], most: int = 10) -> str:
 
 
 def find_checkpoint(path: Path) -> Path:
-    """A run directory means its best.pt; a file is taken as is."""
+    """A run directory means its best.pt; a file (a .pt, or an exported .onnx) is taken as is."""
     path = Path(path)
     if path.is_dir():
         path = path / "best.pt"
     if not path.is_file():
-        raise BudgetnetError(f"no checkpoint at {path}; pass a run directory or a .pt file written by budgetnet train")
+        raise BudgetnetError(f"no checkpoint at {path}; pass a run directory, a .pt file written by budgetnet train "
+                             "or a .onnx file written by budgetnet export")
     return path
+
+
+def load_split(data_cfg: DataConfig, classes: list[str], split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (uint8 NCHW) and labels of `split` under a run's data settings, checked to carry
+    the model's `classes`. The validation split is re-carved from the run's own settings (size,
+    seed, subset), so it is exactly the split the run validated on."""
+    from budgetnet.data import prepare_data
+
+    if data_cfg.path is None:
+        raise BudgetnetError("no data path: pass --data PATH")
+    if split == "val" and data_cfg.val_size == 0:
+        raise BudgetnetError("this run trained on all images (val-size 0), so it has no validation split; use --split test")
+    data = prepare_data(data_cfg, device, splits=(split,))
+    # Labels are indices into the data's classes: they must mean what the model's outputs mean.
+    # Unnamed classes ("0".."k-1", an .npz without names) are taken as indices as they are.
+    unnamed = data.classes == [str(i) for i in range(len(data.classes))] and len(data.classes) <= len(classes)
+    if data.classes != classes and not unnamed:
+        raise BudgetnetError(
+            f"{data_cfg.path} has the classes {_names(data.classes)} but the model was trained on "
+            f"{_names(classes)}; evaluate on data with the same classes, in the same order"
+        )
+    return getattr(data, split)
 
 
 def evaluate_checkpoint(
@@ -132,39 +159,27 @@ def evaluate_checkpoint(
     batch_size: int = 1000,
     device: str = "auto",
 ) -> tuple[EvalResult, dict[str, Any]]:
-    """Evaluate a saved model on the validation split it was trained with, or on a test split.
-
-    The validation split is re-carved from the run's own data settings (size, seed, subset),
-    so it is exactly the split the run validated on.
-    """
+    """Evaluate a saved model (or an exported .onnx) on the validation split it was trained
+    with, or on a test split (see `load_split`)."""
     from budgetnet.config import RunConfig
-    from budgetnet.data import DeviceLoader, prepare_data
+    from budgetnet.data import DeviceLoader
     from budgetnet.models import build_model
     from budgetnet.train.checkpoint import load_checkpoint
     from budgetnet.train.engine import autocast_dtype, resolve_device, use_channels_last
 
     ckpt_path = find_checkpoint(checkpoint)
+    if ckpt_path.suffix.lower() == ".onnx":
+        from budgetnet.deploy import evaluate_onnx
+
+        return evaluate_onnx(ckpt_path, data_path=data_path, split=split, tta=tta, batch_size=batch_size)
     state = load_checkpoint(ckpt_path)
     cfg = RunConfig.model_validate(state["config"])
     data_cfg = cfg.data.model_copy(update={"path": data_path} if data_path else {})
-    if data_cfg.path is None:
-        raise BudgetnetError("no data path: pass --data PATH")
-    if split == "val" and data_cfg.val_size == 0:
-        raise BudgetnetError("this run trained on all images (val-size 0), so it has no validation split; use --split test")
     if device not in DEVICES:
         raise BudgetnetError(f"device {device!r} is not one of {', '.join(DEVICES)}")
     dev = resolve_device(device)
-    data = prepare_data(data_cfg, dev, splits=(split,))
     classes = list(state["classes"])
-    # Labels are indices into the data's classes: they must mean what the model's outputs mean.
-    # Unnamed classes ("0".."k-1", an .npz without names) are taken as indices as they are.
-    unnamed = data.classes == [str(i) for i in range(len(data.classes))] and len(data.classes) <= len(classes)
-    if data.classes != classes and not unnamed:
-        raise BudgetnetError(
-            f"{data_cfg.path} has the classes {_names(data.classes)} but the model was trained on "
-            f"{_names(classes)}; evaluate on data with the same classes, in the same order"
-        )
-    x, y = getattr(data, split)
+    x, y = load_split(data_cfg, classes, split, dev)
     model = build_model(cfg.model)
     model.load_state_dict(state["model"])
     channels_last = use_channels_last(cfg.train.channels_last, dev)

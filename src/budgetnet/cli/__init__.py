@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from budgetnet.errors import BudgetnetError
+from budgetnet.errors import BudgetnetError, one_line
 
 app = typer.Typer(
     name="budgetnet",
@@ -26,10 +26,7 @@ from budgetnet.cli import models as _models  # noqa: E402,F401
 from budgetnet.cli import data as _data  # noqa: E402,F401
 from budgetnet.cli import train as _train  # noqa: E402,F401
 from budgetnet.cli import search as _search  # noqa: E402,F401
-
-
-def _one_line(message: str) -> str:
-    return " ".join(str(message).split())
+from budgetnet.cli import deploy as _deploy  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         # interrupted training) or of a Ctrl-C (KeyboardInterrupt -> 130) instead of raising it.
         code = app(args=argv, standalone_mode=False)
     except BudgetnetError as exc:
-        print(f"budgetnet: error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"budgetnet: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except typer.TyperException as exc:  # usage errors: unknown option, bad value, missing arg
-        print(f"budgetnet: error: {_one_line(exc.format_message())}", file=sys.stderr)
+        print(f"budgetnet: error: {one_line(exc.format_message())}", file=sys.stderr)
         return 2
     except typer.Abort:
         print("budgetnet: aborted", file=sys.stderr)

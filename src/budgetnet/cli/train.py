@@ -146,7 +146,8 @@ def train(
 
 @app.command()
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="A run directory (uses its best.pt) or a checkpoint file.")],
+    run: Annotated[Path, typer.Argument(help="A run directory (uses its best.pt), a checkpoint file, or a .onnx "
+                                              "written by budgetnet export (run by onnxruntime on the CPU).")],
     data: DataPathOpt = None,
     split: Annotated[str, typer.Option("--split", help="val (the run's own split) or test")] = "val",
     tta: Annotated[bool, typer.Option("--tta", help="Flip + translate test-time augmentation.")] = False,

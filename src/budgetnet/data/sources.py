@@ -39,7 +39,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -181,17 +181,28 @@ def _fit_image(image: Image.Image, name: str, size: int, resize: Resize | None) 
     return np.asarray(image)
 
 
+def decode_image(data: bytes, name: str, size: int, resize: Resize | None,
+                 where: str | None = None) -> np.ndarray:
+    """One encoded image (any format Pillow reads) as uint8 (size, size, 3), fitted by the
+    `resize` rule; a BudgetnetError naming `name` (in `where`) when it cannot be."""
+    full = f"{name} in {where}" if where else name
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return _fit_image(image, name, size, resize)
+    except UnidentifiedImageError:
+        raise BudgetnetError(f"{full} is not an image (in no format Pillow reads); remove or "
+                             f"replace the file.") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise BudgetnetError(f"cannot decode image {full} ({exc}); remove or replace the "
+                             f"file.") from None
+
+
 def _decode_images(items: list[tuple[str, bytes]], size: int, resize: Resize | None,
                    where: str) -> np.ndarray:
     """Decode (name, bytes) pairs into one uint8 (N, size, size, 3) array; runs in workers."""
     out = np.empty((len(items), size, size, 3), np.uint8)
     for i, (name, data) in enumerate(items):
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                out[i] = _fit_image(image, name, size, resize)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise BudgetnetError(f"cannot decode image {name} in {where} ({exc}); remove or "
-                                 f"replace the file.") from None
+        out[i] = decode_image(data, name, size, resize, where)
     return out
 
 
