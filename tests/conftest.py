@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from budgetnet.config import RunConfig, deep_merge, load_config
+
 CLASSES = ["cat", "dog", "frog"]
 
 
@@ -153,3 +155,17 @@ def write_noisy_npz(path: Path, n: int, seed: int) -> Path:
     x = (rng.integers(0, 80, (n, 16, 16, 3)) + 10 * y[:, None, None, None]).astype(np.uint8)
     np.savez(path, x=x, y=y, classes=np.array(["a", "b", "c"]))
     return path
+
+
+def tiny_run_config(dataset: Path, **sections: dict) -> RunConfig:
+    """A 1,443-parameter ResNet on 16x16 images of `dataset` (3 classes), 2 epochs of batch 30 on one
+    CPU thread in fp32, without TTA or a time budget, 60 validation images: a run takes about a
+    second. `sections` (section -> fields) are laid over it."""
+    base = {
+        "data": {"path": str(dataset), "input_size": 16, "val_size": 60},
+        "model": {"preset": None, "blocks": [1], "channels": [8], "classes": 3, "input_size": 16},
+        "optim": {"lr": 0.1},
+        "train": {"epochs": 2, "batch_size": 30, "precision": "fp32", "threads": 1, "device": "cpu", "tta": False,
+                  "time_budget_s": None},
+    }
+    return load_config(overrides=deep_merge(base, sections))
