@@ -220,7 +220,7 @@ def _model_section(r: RunRecord) -> str:
     m, s = r.model, r.summary or {}
     facts = [
         ("trainable parameters", f"{m.params:,}"),
-        ("budget", f"{m.budget:,} ({100 * m.params / m.budget:.1f}% used{'' if m.within_budget else ', OVER'})"),
+        ("budget", f"{m.budget:,} ({_share(m)} used{'' if m.within_budget else ', OVER'})"),
         ("FLOPs per image (forward)", f"{m.flops:,}"),
         ("weights (fp32)", f"{m.bytes['fp32'] / 1e6:.2f} MB"),
     ]
@@ -240,6 +240,10 @@ def _model_section(r: RunRecord) -> str:
 
 def _pct(v: float) -> str:
     return f"{100 * v:.2f}%"
+
+
+def _share(m: ModelSummary) -> str:
+    return f"{100 * m.params / m.budget:.3g}%"  # 3 digits: a tiny model's share is not 0.0%
 
 
 _SUMMARY_FACTS = (
@@ -301,7 +305,7 @@ def _validation_section(r: RunRecord, wrong: int) -> str:
     intro = (f"<p>The best checkpoint ({epoch}) on the run's validation split: {len(p.labels):,} images, accuracy "
              f"<b>{_pct(result.accuracy)}</b>, loss {result.loss:.4f}{', with TTA' if p.info['tta'] else ''}.</p>")
     confusion = ('<section class="confusion"><h4>Confusion matrix</h4>'
-                 + _img(confusion_png(result, f"validation accuracy {_pct(result.accuracy)}"), "confusion matrix")
+                 + _img(confusion_png(result, "validation split"), "confusion matrix")
                  + "</section>")
     return head + intro + confusion + _per_class(result) + _calibration_section(cal) + _wrong_section(p, wrong) + "</section>"
 
@@ -361,7 +365,7 @@ def _comparison(records: list[RunRecord]) -> str:
         best = f"{_pct(s['best_val_acc'])} (epoch {s['best_epoch']})" if s.get("best_val_acc") is not None else ""
         pflop = r.pflop_axis
         rows.append((
-            r.name, f"{r.model.params:,}", f"{100 * r.model.params / r.model.budget:.1f}%", f"{r.model.flops:,}",
+            r.name, f"{r.model.params:,}", _share(r.model), f"{r.model.flops:,}",
             str(s.get("epochs_run", len(r.history))), f"{s['train_seconds']:.1f}" if "train_seconds" in s else "",
             f"{pflop[-1]:.4g}" if pflop else "", best,
             _pct(s["final_val_acc"]) if s.get("final_val_acc") is not None else "",
