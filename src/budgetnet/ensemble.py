@@ -277,15 +277,12 @@ def load_ensemble(path: Path | str) -> Ensemble:
     return build_ensemble(members, weights)
 
 
-def evaluate_manifest(
-    path: Path | str, *, data_path: str | None = None, split: str = "val", tta: bool = False,
-    batch_size: int = 1000, device: str = "auto",
-) -> EnsembleEvaluation:
-    """`evaluate_members` on the ensemble of a manifest."""
+def evaluate_manifest(path: Path | str, **options: Any) -> EnsembleEvaluation:
+    """`evaluate_members` on the ensemble of a manifest; `options` are evaluate_members' (data_path,
+    split, tta, batch_size, device)."""
     members, weights, manifest = read_manifest(path)
     names = [row["checkpoint"] for row in manifest["members"]]
-    evaluation = evaluate_members(members, weights, names=names, data_path=data_path, split=split, tta=tta,
-                                  batch_size=batch_size, device=device)
+    evaluation = evaluate_members(members, weights, names=names, **options)
     evaluation.info.update(weighted=bool(manifest.get("weighted")), manifest=str(path))
     return evaluation
 

@@ -279,20 +279,10 @@ def predict_trained(
     return predict_log_probs(model, loader, tta=tta, amp=amp).cpu()
 
 
-def evaluate_checkpoint(
-    checkpoint: Path,
-    *,
-    data_path: str | None = None,
-    split: str = "val",
-    tta: bool = False,
-    batch_size: int = 1000,
-    device: str = "auto",
-) -> tuple[EvalResult, dict[str, Any]]:
-    """Evaluate a saved model on the validation split it was trained with, or on a test split
-    (see `predict_checkpoint`)."""
-    predictions = predict_checkpoint(
-        checkpoint, data_path=data_path, split=split, tta=tta, batch_size=batch_size, device=device,
-    )
+def evaluate_checkpoint(checkpoint: Path, **options: Any) -> tuple[EvalResult, dict[str, Any]]:
+    """Evaluate a saved model on the validation split it was trained with, or on a test split;
+    `options` are predict_checkpoint's (data_path, split, tta, batch_size, device)."""
+    predictions = predict_checkpoint(checkpoint, **options)
     return predictions.result, predictions.info
 
 

@@ -32,7 +32,7 @@ from PIL import Image
 import budgetnet
 from budgetnet.config import RunConfig, build_config, dump_config, read_yaml_mapping
 from budgetnet.errors import BudgetnetError
-from budgetnet.evaluate import Predictions, confusion_png, predict_checkpoint
+from budgetnet.evaluate import EvalResult, Predictions, confusion_png, predict_checkpoint
 from budgetnet.models import summarize
 from budgetnet.models.budget import ModelSummary
 from budgetnet.plots import figure_png, pyplot
@@ -136,7 +136,12 @@ def load_run(path: Path | str) -> RunRecord:
     if not (path / "config.yaml").is_file():
         raise BudgetnetError(f"{path} is not a budgetnet run directory (no config.yaml); pass the folder budgetnet train wrote")
     cfg = build_config(read_yaml_mapping(path / "config.yaml"), source=str(path / "config.yaml"))
-    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else None
+    summary = None
+    if (path / "summary.json").is_file():
+        try:
+            summary = json.loads((path / "summary.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BudgetnetError(f"cannot read {path / 'summary.json'}: {exc}; let the run finish or resume it") from None
     history = read_metrics(path / "metrics.csv") if (path / "metrics.csv").is_file() else []
     return RunRecord(path.resolve().name, path, cfg, summarize(cfg.model, cfg.budget), summary, history)
 
@@ -310,7 +315,7 @@ def _validation_section(r: RunRecord, wrong: int) -> str:
     return head + intro + confusion + _per_class(result) + _calibration_section(cal) + _wrong_section(p, wrong) + "</section>"
 
 
-def _per_class(result: Any) -> str:
+def _per_class(result: EvalResult) -> str:
     cm = result.confusion
     rows = []
     for i, name in enumerate(result.classes):
@@ -420,7 +425,8 @@ def _image_png(chw: np.ndarray) -> bytes:
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{_e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    opening = f'<table class="{cls}">' if cls else "<table>"
+    return f"{opening}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 _CSS = """

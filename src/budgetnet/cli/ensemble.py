@@ -9,28 +9,26 @@ from typing import Annotated, Optional
 import typer
 
 from budgetnet.cli import app
-from budgetnet.errors import BudgetnetError
-
-EVAL_SPLITS = ("val", "test")
+from budgetnet.cli._eval_options import BatchSizeOpt, DeviceOpt, JsonOpt, SplitOpt, TtaOpt, check_split
 
 
 @app.command()
 def ensemble(
     runs: Annotated[list[Path], typer.Argument(help="Two or more run directories (their best.pt) or checkpoints.")],
     data: Annotated[str, typer.Option("--data", metavar="PATH", help="Dataset to evaluate on (as for budgetnet evaluate).")],
-    split: Annotated[str, typer.Option("--split", help="val (the members' shared validation split) or test")] = "val",
-    tta: Annotated[bool, typer.Option("--tta", help="Flip + translate test-time augmentation for every member.")] = False,
+    split: SplitOpt = "val",
+    tta: TtaOpt = False,
     weighted: Annotated[bool, typer.Option("--weighted", help="Weight members by their validation accuracy.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the ensemble manifest here (.json), for budgetnet evaluate.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 1000,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, mps")] = "auto",
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    batch_size: BatchSizeOpt = 1000,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
 ) -> None:
-    """Accuracy of the members' averaged softmax, and of each member, on one split."""
+    """Accuracy of the members' averaged softmax, and of each member, on one split (val: the
+    members' shared validation split)."""
     from budgetnet.ensemble import run_ensemble
 
-    if split not in EVAL_SPLITS:
-        raise BudgetnetError(f"--split must be val or test, not {split!r}")
+    check_split(split)
     evaluation = run_ensemble(runs, data_path=data, split=split, tta=tta, weighted=weighted, out=out,
                               batch_size=batch_size, device=device)
     if json_out:

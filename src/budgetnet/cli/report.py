@@ -9,6 +9,7 @@ import typer
 
 from budgetnet.cli import app
 from budgetnet.cli._data_options import DataPathOpt
+from budgetnet.cli._eval_options import BatchSizeOpt, DeviceOpt
 
 
 @app.command()
@@ -18,8 +19,8 @@ def report(
     data: DataPathOpt = None,
     tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="TTA for the validation parts [default: as each run validated].")] = None,
     wrong: Annotated[int, typer.Option("--wrong", min=0, help="How many confidently wrong images to show per run.")] = 24,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 1000,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, mps")] = "auto",
+    batch_size: BatchSizeOpt = 1000,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Config, model, curves, confusion, per-class accuracy, calibration and worst mistakes of
     runs (and a comparison of several), as one HTML file. The validation parts read --data

@@ -12,6 +12,7 @@ from budgetnet.cli import app
 from budgetnet.cli._data_options import (
     DataPathOpt, DownloadOpt, NoCacheOpt, ResizeOpt, SplitSeedOpt, SubsetOpt, ValSizeOpt, data_overrides,
 )
+from budgetnet.cli._eval_options import BatchSizeOpt, DeviceOpt, JsonOpt, SplitOpt, TtaOpt, check_split
 from budgetnet.cli._model_options import (
     ActivationOption, BlockKernelsOption, BlockOption, BlocksOption, ChannelsOption, ClassesOption,
     DropoutOption, HeadScaleOption, InputSizeOption, PoolOption, PresetOption, SkipKernelOption,
@@ -167,19 +168,17 @@ def options_config(p: dict[str, Any]) -> RunConfig:
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A run directory (uses its best.pt), a checkpoint file, or an ensemble manifest (.json).")],
     data: DataPathOpt = None,
-    split: Annotated[str, typer.Option("--split", help="val (the run's own split) or test")] = "val",
-    tta: Annotated[bool, typer.Option("--tta", help="Flip + translate test-time augmentation.")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 1000,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, mps")] = "auto",
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    split: SplitOpt = "val",
+    tta: TtaOpt = False,
+    batch_size: BatchSizeOpt = 1000,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
 ) -> None:
     """Accuracy, loss, per-class accuracy and confusion matrix of a trained model or ensemble."""
-    from budgetnet.cli.ensemble import EVAL_SPLITS
     from budgetnet.ensemble import evaluate_manifest, is_manifest
     from budgetnet.evaluate import evaluate_checkpoint, find_checkpoint, plot_confusion
 
-    if split not in EVAL_SPLITS:
-        raise BudgetnetError(f"--split must be val or test, not {split!r}")
+    check_split(split)
     if is_manifest(run):
         evaluation = evaluate_manifest(run, data_path=data, split=split, tta=tta, batch_size=batch_size, device=device)
         result, info, out_dir = evaluation.result, {"checkpoint": str(run), **evaluation.to_dict()}, run.parent

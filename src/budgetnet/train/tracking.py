@@ -60,7 +60,7 @@ class TensorBoardLogger:
     def __init__(self, run_dir: Path, cfg: RunConfig, global_step: Callable[[], int]) -> None:
         from budgetnet.config import dump_config
 
-        self._writer = _summary_writer()
+        self._writer_class = _summary_writer()
         self.log_dir = Path(run_dir) / TENSORBOARD_DIR
         self.config_text = dump_config(cfg)
         self.batch_size = cfg.train.batch_size
@@ -73,7 +73,7 @@ class TensorBoardLogger:
     def __call__(self, row: dict[str, float]) -> None:
         epoch = int(row["epoch"])
         steps, seconds = self.global_step(), row["train_seconds"]
-        writer = self._writer(log_dir=str(self.log_dir))
+        writer = self._writer_class(log_dir=str(self.log_dir))
         try:
             if not self._config_written:  # once per process, so a resumed run's log has it too
                 writer.add_text("config", "```yaml\n" + self.config_text + "```", epoch)
