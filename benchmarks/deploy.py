@@ -44,7 +44,7 @@ def main() -> None:
                               calibration_images=args.calibration_images, seed=args.seed)
     model = load_model(args.run)
     data_cfg = model.config.data.model_copy(update={"path": args.data} if args.data else {})
-    x, y = load_split(data_cfg, model.classes, report["split"], torch.device("cpu"))
+    x, y = load_split(data_cfg, report["split"], model.classes, torch.device("cpu"))
     weights = io.BytesIO()
     torch.save(model.module.net.state_dict(), weights)
     q = report["int8"]

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from budgetnet.config import RunConfig, deep_merge, load_config
+
 CLASSES = ["cat", "dog", "frog"]
 
 
@@ -165,3 +167,17 @@ def train_tiny(data: Path, out: Path, *options: str, epochs: int = 2) -> Path:
                  "--threads", "1", "--device", "cpu", "--quiet", "--out", str(out), *options])
     assert code == 0
     return out
+
+
+def tiny_run_config(dataset: Path, **sections: dict) -> RunConfig:
+    """A 1,443-parameter ResNet on 16x16 images of `dataset` (3 classes), 2 epochs of batch 30 on one
+    CPU thread in fp32, without TTA or a time budget, 60 validation images: a run takes about a
+    second. `sections` (section -> fields) are laid over it."""
+    base = {
+        "data": {"path": str(dataset), "input_size": 16, "val_size": 60},
+        "model": {"preset": None, "blocks": [1], "channels": [8], "classes": 3, "input_size": 16},
+        "optim": {"lr": 0.1},
+        "train": {"epochs": 2, "batch_size": 30, "precision": "fp32", "threads": 1, "device": "cpu", "tta": False,
+                  "time_budget_s": None},
+    }
+    return load_config(overrides=deep_merge(base, sections))

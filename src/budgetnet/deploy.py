@@ -37,7 +37,7 @@ from budgetnet.data import DeviceLoader
 from budgetnet.data.sources import Resize
 from budgetnet.data.splits import stratified_subset
 from budgetnet.errors import BudgetnetError, one_line, warn
-from budgetnet.evaluate import EvalResult, evaluate_loader, find_checkpoint, load_split
+from budgetnet.evaluate import EvalResult, eval_data_config, evaluate_loader, find_checkpoint, load_split
 from budgetnet.models import build_model, count_params
 from budgetnet.train.checkpoint import atomic_write_bytes, load_checkpoint
 from budgetnet.train.rundir import write_json
@@ -406,10 +406,10 @@ def export_model(
         raise BudgetnetError(f"{run} is already an ONNX model; export a run directory or a .pt checkpoint")
     model = load_model(run, last=last)
     out = Path(out) if out is not None else model.source.parent / "export"
-    data_cfg = model.config.data.model_copy(update={"path": data_path} if data_path else {})
-    split = split or ("val" if data_cfg.val_size else "train")
+    split = split or ("val" if model.config.data.val_size else "train")
+    data_cfg = eval_data_config(model.config, data_path, split)
     cpu = torch.device("cpu")
-    x, y = load_split(data_cfg, model.classes, split, cpu)
+    x, y = load_split(data_cfg, split, model.classes, cpu)
 
     fp32_meta = _metadata(model, "fp32")
     fp32_bytes, opset_used = to_onnx(model.module, model.input_size, opset)
@@ -428,7 +428,7 @@ def export_model(
         "split": split, "data": data_cfg.path, "verification": checked,
     }
     if int8:
-        x_train, y_train = load_split(data_cfg, model.classes, "train", cpu)
+        x_train, y_train = load_split(data_cfg, "train", model.classes, cpu)
         chosen = torch.from_numpy(stratified_subset(y_train.numpy(), min(calibration_images, len(y_train)), seed))
         int8_bytes, how = quantize_int8(fp32_bytes, x_train[chosen].float() / 255, {**fp32_meta, "precision": "int8"})
         files[INT8_FILE] = int8_bytes
@@ -469,8 +469,8 @@ def evaluate_onnx(path: Path, *, data_path: str | None = None, split: str = "val
     """`evaluate_checkpoint` for an exported model: the same splits, checks and report, run by
     onnxruntime on the CPU."""
     model = load_model(path)
-    data_cfg = model.config.data.model_copy(update={"path": data_path} if data_path else {})
-    x, y = load_split(data_cfg, model.classes, split, torch.device("cpu"))
+    data_cfg = eval_data_config(model.config, data_path, split)
+    x, y = load_split(data_cfg, split, model.classes, torch.device("cpu"))
     loader = DeviceLoader(x, y, batch_size, shuffle=False, drop_last=False, seed=0)  # pixel / 255
     result = evaluate_loader(model.module, loader, tta=tta, classes=model.classes)
     info = {"checkpoint": str(path), "split": split, "tta": tta, "data": data_cfg.path, "epoch": model.epoch,

@@ -2,25 +2,28 @@
 
 `evaluate_loader` is what training calls on the validation split every epoch;
 `evaluate_checkpoint` is what `budgetnet evaluate` calls on a run directory, a best.pt or an
-exported .onnx (that one is run by `budgetnet.deploy`).
+exported .onnx, through `predict_checkpoint`, which keeps every image's log-probabilities (for
+reports and ensembles).
 """
 
 from __future__ import annotations
 
-import io
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from budgetnet.config import RunConfig
+from budgetnet.data import DataConfig, DeviceLoader, Split, prepare_data
 from budgetnet.errors import BudgetnetError
-
-if TYPE_CHECKING:
-    from budgetnet.data import DataConfig
+from budgetnet.models import build_model
+from budgetnet.plots import figure_png, pyplot
+from budgetnet.train.checkpoint import atomic_write_bytes, load_checkpoint
+from budgetnet.train.engine import autocast_dtype, resolve_device, use_channels_last
 
 
 @dataclass
@@ -34,6 +37,19 @@ class EvalResult:
     def per_class_accuracy(self) -> list[float]:
         totals = self.confusion.sum(1).clamp(min=1)
         return (self.confusion.diag() / totals).tolist()
+
+    @classmethod
+    def from_log_probs(cls, log_probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> EvalResult:
+        """Loss, accuracy and confusion of per-image log-probabilities (N, classes)."""
+        if len(labels) == 0:
+            raise BudgetnetError("nothing to evaluate: the split is empty")
+        confusion = _confusion(labels, log_probs.argmax(1), len(classes)).cpu()
+        return cls(
+            loss=float(F.nll_loss(log_probs, labels)),
+            accuracy=float(confusion.diag().sum()) / len(labels),
+            confusion=confusion,
+            classes=list(classes),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,7 +102,7 @@ def evaluate_loader(
         with ctx:
             logits = predict_logits(model, x, tta).float()
         batch_loss = F.cross_entropy(logits, y, reduction="sum")
-        counts = torch.bincount(y * n_cls + logits.argmax(1), minlength=n_cls * n_cls).view(n_cls, n_cls)
+        counts = _confusion(y, logits.argmax(1), n_cls)
         loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
         confusion = counts if confusion is None else confusion + counts
     model.train(was_training)
@@ -100,6 +116,30 @@ def evaluate_loader(
         confusion=confusion,
         classes=list(classes or [str(i) for i in range(n_cls)]),
     )
+
+
+def _confusion(labels: torch.Tensor, predicted: torch.Tensor, n_cls: int) -> torch.Tensor:
+    """Counts indexed [true, predicted]."""
+    return torch.bincount(labels * n_cls + predicted, minlength=n_cls * n_cls).view(n_cls, n_cls)
+
+
+@torch.no_grad()
+def predict_log_probs(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, tta: bool = False,
+    amp: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Log-softmax of every image of `batches`, (N, classes) float32 on the batches' device."""
+    was_training = model.training
+    model.eval()
+    parts = []
+    for x, _ in batches:
+        with torch.autocast(x.device.type, dtype=amp) if amp is not None else nullcontext():
+            logits = predict_logits(model, x, tta)
+        parts.append(F.log_softmax(logits.float(), 1))
+    model.train(was_training)
+    if not parts:
+        raise BudgetnetError("nothing to evaluate: the split is empty")
+    return torch.cat(parts)
 
 
 def _out_features(model: nn.Module) -> int:
@@ -118,26 +158,56 @@ def _names(classes: list[str], most: int = 10) -> str:
 
 
 def find_checkpoint(path: Path) -> Path:
-    """A run directory means its best.pt; a file (a .pt, or an exported .onnx) is taken as is."""
+    """A run directory means its best.pt; a file is taken as is."""
     path = Path(path)
     if path.is_dir():
         path = path / "best.pt"
     if not path.is_file():
-        raise BudgetnetError(f"no checkpoint at {path}; pass a run directory, a .pt file written by budgetnet train "
-                             "or a .onnx file written by budgetnet export")
+        raise BudgetnetError(f"no checkpoint at {path}; pass a run directory or a .pt file written by budgetnet train")
     return path
 
 
-def load_split(data_cfg: DataConfig, classes: list[str], split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (uint8 NCHW) and labels of `split` under a run's data settings, checked to carry
-    the model's `classes`. The validation split is re-carved from the run's own settings (size,
-    seed, subset), so it is exactly the split the run validated on."""
-    from budgetnet.data import prepare_data
+@dataclass
+class TrainedModel:
+    """A trained network read from a checkpoint (on the CPU, eval mode) and what it was trained
+    with: the run config, its classes, its training split's statistics and validation accuracy."""
 
+    checkpoint: Path
+    config: RunConfig
+    model: nn.Module
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    val_acc: float | None
+    epoch: int | None
+
+
+def load_trained(checkpoint: Path) -> TrainedModel:
+    """The model of a run directory (its best.pt) or of a checkpoint file."""
+    path = find_checkpoint(checkpoint)
+    state = load_checkpoint(path)
+    cfg = RunConfig.model_validate(state["config"])
+    model = build_model(cfg.model)
+    model.load_state_dict(state["model"])
+    return TrainedModel(
+        path, cfg, model.eval(), list(state["classes"]), tuple(state["mean"]), tuple(state["std"]),
+        state.get("val_acc"), state.get("epoch"),
+    )
+
+
+def eval_data_config(cfg: RunConfig, data_path: str | None, split: str) -> DataConfig:
+    """The run's data settings (so `val` is exactly the split it validated on), at `data_path`
+    when given."""
+    data_cfg = cfg.data.model_copy(update={"path": data_path} if data_path else {})
     if data_cfg.path is None:
         raise BudgetnetError("no data path: pass --data PATH")
     if split == "val" and data_cfg.val_size == 0:
         raise BudgetnetError("this run trained on all images (val-size 0), so it has no validation split; use --split test")
+    return data_cfg
+
+
+def load_split(data_cfg: DataConfig, split: str, classes: list[str], device: torch.device) -> Split:
+    """Images and labels of `split`, checked to mean what the model's outputs mean."""
     data = prepare_data(data_cfg, device, splits=(split,))
     # Labels are indices into the data's classes: they must mean what the model's outputs mean.
     # Unnamed classes ("0".."k-1", an .npz without names) are taken as indices as they are.
@@ -150,7 +220,30 @@ def load_split(data_cfg: DataConfig, classes: list[str], split: str, device: tor
     return getattr(data, split)
 
 
-def evaluate_checkpoint(
+def eval_device(device: str) -> torch.device:
+    """A --device value, checked and resolved (auto: cuda, mps, cpu)."""
+    if device not in DEVICES:
+        raise BudgetnetError(f"device {device!r} is not one of {', '.join(DEVICES)}")
+    return resolve_device(device)
+
+
+@dataclass
+class Predictions:
+    """Every image of a split: log-probabilities (N, classes, CPU), labels (CPU), the uint8
+    NCHW images (on the evaluation device) and what was evaluated (`info`)."""
+
+    log_probs: torch.Tensor
+    labels: torch.Tensor
+    images: torch.Tensor
+    classes: list[str]
+    info: dict[str, Any]
+
+    @property
+    def result(self) -> EvalResult:
+        return EvalResult.from_log_probs(self.log_probs, self.labels, self.classes)
+
+
+def predict_checkpoint(
     checkpoint: Path,
     *,
     data_path: str | None = None,
@@ -158,55 +251,53 @@ def evaluate_checkpoint(
     tta: bool = False,
     batch_size: int = 1000,
     device: str = "auto",
-) -> tuple[EvalResult, dict[str, Any]]:
-    """Evaluate a saved model (or an exported .onnx) on the validation split it was trained
-    with, or on a test split (see `load_split`)."""
-    from budgetnet.config import RunConfig
-    from budgetnet.data import DeviceLoader
-    from budgetnet.models import build_model
-    from budgetnet.train.checkpoint import load_checkpoint
-    from budgetnet.train.engine import autocast_dtype, resolve_device, use_channels_last
+) -> Predictions:
+    """A saved model's predictions on the validation split it was trained with, or on a test
+    split. The validation split is re-carved from the run's own data settings (size, seed,
+    subset, fold), so it is exactly the split the run validated on."""
+    trained = load_trained(checkpoint)
+    data_cfg = eval_data_config(trained.config, data_path, split)
+    x, y = load_split(data_cfg, split, trained.classes, eval_device(device))
+    info = {"checkpoint": str(trained.checkpoint), "split": split, "tta": tta, "data": data_cfg.path,
+            "epoch": trained.epoch}
+    return Predictions(predict_trained(trained, x, y, tta=tta, batch_size=batch_size), y.cpu(), x, trained.classes, info)
 
-    ckpt_path = find_checkpoint(checkpoint)
-    if ckpt_path.suffix.lower() == ".onnx":
-        from budgetnet.deploy import evaluate_onnx
 
-        return evaluate_onnx(ckpt_path, data_path=data_path, split=split, tta=tta, batch_size=batch_size)
-    state = load_checkpoint(ckpt_path)
-    cfg = RunConfig.model_validate(state["config"])
-    data_cfg = cfg.data.model_copy(update={"path": data_path} if data_path else {})
-    if device not in DEVICES:
-        raise BudgetnetError(f"device {device!r} is not one of {', '.join(DEVICES)}")
-    dev = resolve_device(device)
-    classes = list(state["classes"])
-    x, y = load_split(data_cfg, classes, split, dev)
-    model = build_model(cfg.model)
-    model.load_state_dict(state["model"])
-    channels_last = use_channels_last(cfg.train.channels_last, dev)
-    model = model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    amp = autocast_dtype(cfg.train.precision, dev)
+def predict_trained(
+    trained: TrainedModel, x: torch.Tensor, y: torch.Tensor, *, tta: bool = False, batch_size: int = 1000
+) -> torch.Tensor:
+    """Log-probabilities (N, classes, CPU) of `trained` on uint8 images `x`, on their device,
+    normalized with the model's own training statistics and at its training precision."""
+    dev = x.device
+    channels_last = use_channels_last(trained.config.train.channels_last, dev)
+    model = trained.model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    amp = autocast_dtype(trained.config.train.precision, dev)
     loader = DeviceLoader(
         x, y, batch_size, shuffle=False, drop_last=False, seed=0, augment=None,
-        mean=tuple(state["mean"]), std=tuple(state["std"]),  # the training split's statistics
+        mean=trained.mean, std=trained.std,  # the training split's statistics
         dtype=amp if amp is not None and dev.type == "cpu" else torch.float32, channels_last=channels_last,
     )
-    result = evaluate_loader(model, loader, tta=tta, amp=amp, classes=classes)
-    info = {"checkpoint": str(ckpt_path), "split": split, "tta": tta, "data": data_cfg.path, "epoch": state.get("epoch")}
-    return result, info
+    return predict_log_probs(model, loader, tta=tta, amp=amp).cpu()
 
 
-def plot_confusion(path: Path, result: EvalResult, title: str) -> None:
-    """The confusion matrix as a PNG, counts in each cell."""
-    import matplotlib
+def evaluate_checkpoint(checkpoint: Path, **options: Any) -> tuple[EvalResult, dict[str, Any]]:
+    """Evaluate a saved model on the validation split it was trained with, or on a test split;
+    `options` are predict_checkpoint's (data_path, split, tta, batch_size, device). An exported
+    .onnx is run by onnxruntime on the CPU (`budgetnet.deploy`)."""
+    if find_checkpoint(checkpoint).suffix.lower() == ".onnx":
+        from budgetnet.deploy import evaluate_onnx  # optional extra: imported only for .onnx
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        options.pop("device", None)
+        return evaluate_onnx(find_checkpoint(checkpoint), **options)
+    predictions = predict_checkpoint(checkpoint, **options)
+    return predictions.result, predictions.info
 
-    from budgetnet.train.checkpoint import atomic_write_bytes
 
+def confusion_png(result: EvalResult, title: str) -> bytes:
+    """The confusion matrix as PNG bytes, counts in each cell."""
     cm = result.confusion.numpy()
     n = len(result.classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 1.0 + 0.6 * n))
+    fig, ax = pyplot().subplots(figsize=(1.0 + 0.6 * n, 1.0 + 0.6 * n))
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(n), result.classes, rotation=45, ha="right")
     ax.set_yticks(range(n), result.classes)
@@ -215,8 +306,9 @@ def plot_confusion(path: Path, result: EvalResult, title: str) -> None:
         for j in range(n):
             ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
                     color="white" if cm[i, j] > cm.max() / 2 else "black")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    return figure_png(fig)
+
+
+def plot_confusion(path: Path, result: EvalResult, title: str) -> None:
+    """The confusion matrix as a PNG file."""
+    atomic_write_bytes(Path(path), confusion_png(result, title))

@@ -24,7 +24,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +40,11 @@ from budgetnet.config import DEFAULT_RECIPE, RunConfig, build_config, deep_merge
 from budgetnet.errors import BudgetnetError
 from budgetnet.models import Budget, ResNetSpec, count_params, fit_to_budget, format_validation_error, parse_budget, summarize
 from budgetnet.models.spec import BOTTLENECK_EXPANSION, validate_spec
+from budgetnet.plots import figure_png, pyplot
 from budgetnet.train.callbacks import read_metrics
 from budgetnet.train.checkpoint import atomic_write_bytes
 from budgetnet.train.engine import BEST, LAST, PREVIOUS, TrainingInterrupted, train
+from budgetnet.train.tracking import check_trackers
 
 SamplerName = Literal["tpe", "random", "grid"]
 PrunerName = Literal["hyperband", "halving", "none"]
@@ -392,6 +394,7 @@ def run_search(
     budget: int | str | None = None,
     epochs: int | None = None,
     data_overrides: Mapping[str, Any] | None = None,
+    log: Sequence[str] | None = None,
     timeout: float | None = None,
     seed: int | None = None,
     quiet: bool = True,
@@ -401,7 +404,8 @@ def run_search(
     trials.csv, pareto.png, importance.png, best.yaml and summary.json into `out`.
 
     `trials`, `sampler`, `pruner`, `epochs` and `seed` default to the space file's; `budget`,
-    `epochs` and `data_overrides` override its base config. `timeout` (seconds) stops starting
+    `epochs`, `data_overrides` and `log` (experiment trackers of every trial, e.g.
+    ["tensorboard"]) override its base config. `timeout` (seconds) stops starting
     new trials. `quiet=False` prints a line per finished trial on stderr; `verbose` adds
     Optuna's log and each trial's epoch lines.
     """
@@ -418,10 +422,13 @@ def run_search(
     if budget is not None:
         overrides["budget"] = parse_budget(budget)
     if epochs is not None:
-        overrides["train"] = {"epochs": epochs}
+        overrides.setdefault("train", {})["epochs"] = epochs
+    if log:
+        overrides.setdefault("train", {})["log"] = list(log)
     base = space.base_mapping(overrides)
     base_cfg = build_config(base)
     _check_data(base_cfg)
+    check_trackers(base_cfg.train.log)
     grid = space.grid() if sampler == "grid" else None
     total = trials or space.trials or (math.prod(len(v) for v in grid.values()) if grid else None)
     if total is None:
@@ -727,28 +734,13 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _save_figure(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    atomic_write_bytes(path, figure_png(fig))
 
 
 def _plot_pareto(path: Path, rows: list[dict[str, Any]], budget: int | None) -> None:
     """Validation accuracy against parameters: complete trials, the front of the best accuracy
     for fewer parameters, pruned trials faintly (their accuracy is from fewer epochs)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     pruned = [r for r in rows if r["state"] == "pruned" and r["val_acc"] is not None]
     done = [r for r in rows if r["state"] == "complete"]
@@ -796,7 +788,7 @@ def _importance(study: optuna.Study) -> tuple[dict[str, float] | None, str | Non
 
 
 def _plot_importance(path: Path, importance: dict[str, float]) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     names = list(importance)[::-1]  # most important on top
     fig, ax = plt.subplots(figsize=(7, 0.9 + 0.35 * len(names)))
     ax.barh(names, [importance[n] for n in names], color="tab:blue")

@@ -27,6 +27,9 @@ from budgetnet.cli import data as _data  # noqa: E402,F401
 from budgetnet.cli import train as _train  # noqa: E402,F401
 from budgetnet.cli import search as _search  # noqa: E402,F401
 from budgetnet.cli import deploy as _deploy  # noqa: E402,F401
+from budgetnet.cli import ensemble as _ensemble  # noqa: E402,F401
+from budgetnet.cli import report as _report  # noqa: E402,F401
+from budgetnet.cli import repeat as _repeat  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:

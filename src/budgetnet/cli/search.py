@@ -36,6 +36,7 @@ def search(
     pruner: Annotated[Optional[str], typer.Option("--pruner", help="hyperband, halving or none [default: the space file's, else hyperband].")] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0, help="Start no new trial after this many seconds.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Sampler seed (leave unset when several workers share a study).")] = None,
+    log: Annotated[Optional[list[str]], typer.Option("--log", help="Experiment tracker of every trial: tensorboard (in each trial's run directory).")] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Rows of the printed table.")] = 20,
     verbose: Annotated[bool, typer.Option("--verbose", help="Optuna's log and every trial's epoch lines.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary JSON instead of the table.")] = False,
@@ -51,6 +52,7 @@ def search(
             spec, out=out or Path("searches") / name, trials=trials, storage=storage, study_name=name,
             sampler=sampler, pruner=pruner, budget=budget, epochs=epochs, timeout=timeout, seed=seed,
             data_overrides=data_overrides(data, download, val_size=val_size, subset=subset),
+            log=log,
             quiet=json_out, verbose=verbose,
         )
     except TrainingInterrupted as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -12,12 +12,16 @@ from budgetnet.cli import app
 from budgetnet.cli._data_options import (
     DataPathOpt, DownloadOpt, NoCacheOpt, ResizeOpt, SplitSeedOpt, SubsetOpt, ValSizeOpt, data_overrides,
 )
+from budgetnet.cli._eval_options import BatchSizeOpt, DeviceOpt, JsonOpt, SplitOpt, TtaOpt, check_split
 from budgetnet.cli._model_options import (
     ActivationOption, BlockKernelsOption, BlockOption, BlocksOption, ChannelsOption, ClassesOption,
     DropoutOption, HeadScaleOption, InputSizeOption, PoolOption, PresetOption, SkipKernelOption,
     StageKindsOption, StemKernelOption, StemWidthOption, StridesOption, model_overrides,
 )
 from budgetnet.errors import BudgetnetError
+
+if TYPE_CHECKING:
+    from budgetnet.config import RunConfig
 
 
 def _set(tree: dict[str, Any], section: str, key: str, value: Any) -> None:
@@ -27,6 +31,7 @@ def _set(tree: dict[str, Any], section: str, key: str, value: Any) -> None:
 
 @app.command()
 def train(
+    ctx: typer.Context,
     config: Annotated[Optional[Path], typer.Option("--config", help="Run config YAML (see configs/).")] = None,
     recipe: Annotated[Optional[str], typer.Option("--recipe", help="A shipped recipe: flagship (default), long, cpu300.")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory.")] = None,
@@ -74,48 +79,17 @@ def train(
     checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", help="Also checkpoint every N steps.")] = None,
     max_train_seconds: Annotated[Optional[float], typer.Option("--max-train-seconds", help="Stop after this much training time.")] = None,
     time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Seconds of training to plan the run for (epochs and schedule are compressed to fit).")] = None,
+    log: Annotated[Optional[list[str]], typer.Option("--log", help="Experiment tracker fed every epoch: tensorboard (needs budgetnet[tracking]); repeatable.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="One plain line per epoch.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print summary.json at the end.")] = False,
 ) -> None:
     """Train a budgeted ResNet: the flagship recipe unless a config, recipe or model is named."""
-    from budgetnet.config import build_config, load_config, read_yaml_mapping
+    from budgetnet.config import build_config, read_yaml_mapping
     from budgetnet.train.engine import TrainingInterrupted
     from budgetnet.train.engine import train as run_training
 
-    overrides: dict[str, Any] = {}
-    data_over = data_overrides(data, download, resize, input_size, val_size, split_seed, subset, no_cache)
-    if data_over:
-        overrides["data"] = data_over
-    model_over = model_overrides(
-        blocks=blocks, channels=channels, strides=strides, stage_kinds=stage_kinds, block_kernels=block_kernels,
-        skip_kernel=skip_kernel, stem_width=stem_width, stem_kernel=stem_kernel, pool=pool, block=block,
-        activation=activation, classes=classes, dropout=dropout, input_size=input_size, head_scale=head_scale,
-    )
-    if preset is not None:
-        model_over = {"preset": preset, **model_over}
-    elif {"blocks", "channels"} <= model_over.keys():
-        model_over = {"preset": None, **model_over}  # a fresh spec, not an edit of the recipe's model
-    if model_over:
-        overrides["model"] = model_over
-    for key, value in (("name", name), ("budget", budget)):
-        if value is not None:
-            overrides[key] = value
-    if allow_over_budget:
-        overrides["allow_over_budget"] = True
-    for key, value in (("epochs", epochs), ("batch_size", batch_size), ("seed", seed),
-                       ("label_smoothing", label_smoothing), ("precision", precision), ("device", device),
-                       ("compile", compile_model), ("threads", threads), ("on_nan", on_nan),
-                       ("checkpoint_every_steps", checkpoint_every), ("max_train_seconds", max_train_seconds),
-                       ("time_budget_s", time_budget)):
-        _set(overrides, "train", key, value)
-    if patience is not None:
-        _set(overrides, "train", "early_stopping", {"monitor": "val_acc", "patience": patience})
-    for key, value in (("name", optimizer), ("lr", lr), ("weight_decay", weight_decay)):
-        _set(overrides, "optim", key, value)
-    _set(overrides, "schedule", "name", schedule)
-
     if resume is not None:
-        if config is not None or recipe is not None or overrides:
+        if config is not None or recipe is not None or config_overrides(ctx.params):
             raise BudgetnetError("--resume continues a run with its saved config; drop the other options")
         saved = resume / "config.yaml"
         if not saved.is_file():
@@ -123,9 +97,7 @@ def train(
         cfg = build_config(read_yaml_mapping(saved), source=str(saved))
         out = resume
     else:
-        cfg = load_config(config, overrides, recipe=recipe)
-    if cfg.data.path is None and not cfg.data.download:
-        raise BudgetnetError("no data: pass --data PATH (or --download to fetch CIFAR-10)")
+        cfg = options_config(ctx.params)
     try:
         result = run_training(cfg, out, resume=resume is not None, quiet=quiet)
     except TrainingInterrupted as exc:
@@ -144,24 +116,76 @@ def train(
     )
 
 
+def config_overrides(p: dict[str, Any]) -> dict[str, Any]:
+    """The run-config overrides that the train command's options `p` (by parameter name, as
+    in its context) set; options not given are left out."""
+    overrides: dict[str, Any] = {}
+    data_over = data_overrides(p["data"], p["download"], p["resize"], p["input_size"], p["val_size"], p["split_seed"],
+                               p["subset"], p["no_cache"])
+    if data_over:
+        overrides["data"] = data_over
+    model_over = model_overrides(**{k: p[k] for k in (
+        "blocks", "channels", "strides", "stage_kinds", "block_kernels", "skip_kernel", "stem_width", "stem_kernel",
+        "pool", "block", "activation", "classes", "dropout", "input_size", "head_scale")})
+    if p["preset"] is not None:
+        model_over = {"preset": p["preset"], **model_over}
+    elif {"blocks", "channels"} <= model_over.keys():
+        model_over = {"preset": None, **model_over}  # a fresh spec, not an edit of the recipe's model
+    if model_over:
+        overrides["model"] = model_over
+    for key in ("name", "budget"):
+        if p[key] is not None:
+            overrides[key] = p[key]
+    if p["allow_over_budget"]:
+        overrides["allow_over_budget"] = True
+    for key, option in (("epochs", "epochs"), ("batch_size", "batch_size"), ("seed", "seed"),
+                        ("label_smoothing", "label_smoothing"), ("precision", "precision"), ("device", "device"),
+                        ("compile", "compile_model"), ("threads", "threads"), ("on_nan", "on_nan"),
+                        ("checkpoint_every_steps", "checkpoint_every"), ("max_train_seconds", "max_train_seconds"),
+                        ("time_budget_s", "time_budget")):
+        _set(overrides, "train", key, p[option])
+    _set(overrides, "train", "log", list(p["log"]) if p["log"] else None)  # not given: an empty tuple or None
+    if p["patience"] is not None:
+        _set(overrides, "train", "early_stopping", {"monitor": "val_acc", "patience": p["patience"]})
+    for key, option in (("name", "optimizer"), ("lr", "lr"), ("weight_decay", "weight_decay")):
+        _set(overrides, "optim", key, p[option])
+    _set(overrides, "schedule", "name", p["schedule"])
+    return overrides
+
+
+def options_config(p: dict[str, Any]) -> RunConfig:
+    """The run config of the train command's options `p`: recipe <- --config <- flags; data is
+    required (a path, or --download)."""
+    from budgetnet.config import load_config
+
+    cfg = load_config(p["config"], config_overrides(p), recipe=p["recipe"])
+    if cfg.data.path is None and not cfg.data.download:
+        raise BudgetnetError("no data: pass --data PATH (or --download to fetch CIFAR-10)")
+    return cfg
+
+
 @app.command()
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="A run directory (uses its best.pt), a checkpoint file, or a .onnx "
-                                              "written by budgetnet export (run by onnxruntime on the CPU).")],
+    run: Annotated[Path, typer.Argument(help="A run directory (uses its best.pt), a checkpoint file, an ensemble "
+                                              "manifest (.json) or a .onnx written by budgetnet export.")],
     data: DataPathOpt = None,
-    split: Annotated[str, typer.Option("--split", help="val (the run's own split) or test")] = "val",
-    tta: Annotated[bool, typer.Option("--tta", help="Flip + translate test-time augmentation.")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 1000,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, mps")] = "auto",
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    split: SplitOpt = "val",
+    tta: TtaOpt = False,
+    batch_size: BatchSizeOpt = 1000,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
 ) -> None:
-    """Accuracy, loss, per-class accuracy and confusion matrix of a trained model."""
+    """Accuracy, loss, per-class accuracy and confusion matrix of a trained model or ensemble."""
+    from budgetnet.ensemble import evaluate_manifest, is_manifest
     from budgetnet.evaluate import evaluate_checkpoint, find_checkpoint, plot_confusion
 
-    if split not in ("val", "test"):
-        raise BudgetnetError(f"--split must be val or test, not {split!r}")
-    result, info = evaluate_checkpoint(run, data_path=data, split=split, tta=tta, batch_size=batch_size, device=device)
-    out_dir = find_checkpoint(run).parent
+    check_split(split)
+    if is_manifest(run):
+        evaluation = evaluate_manifest(run, data_path=data, split=split, tta=tta, batch_size=batch_size, device=device)
+        result, info, out_dir = evaluation.result, {"checkpoint": str(run), **evaluation.to_dict()}, run.parent
+    else:
+        result, info = evaluate_checkpoint(run, data_path=data, split=split, tta=tta, batch_size=batch_size, device=device)
+        out_dir = find_checkpoint(run).parent
     png = out_dir / f"confusion-{split}{'-tta' if tta else ''}.png"
     plot_confusion(png, result, f"{split} accuracy {100 * result.accuracy:.2f}%")
     report = {**info, **result.to_dict(), "confusion_png": str(png)}

@@ -13,21 +13,37 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from budgetnet.data.augment import AugmentConfig, BatchAugment
 from budgetnet.data.cache import Loaded, cached_load, clear_cache, default_cache_dir
 from budgetnet.data.loader import DeviceLoader, channel_stats
 from budgetnet.data.sources import ImageArrays, Resize, open_source
-from budgetnet.data.splits import stratified_split, stratified_subset
+from budgetnet.data.splits import stratified_fold, stratified_split, stratified_subset
 from budgetnet.errors import BudgetnetError
 
 __all__ = [
-    "AugmentConfig", "BatchAugment", "DataConfig", "DeviceLoader", "PreparedData", "Split",
+    "AugmentConfig", "BatchAugment", "DataConfig", "DeviceLoader", "Fold", "PreparedData", "Split",
     "channel_stats", "clear_cache", "open_source", "prepare_data", "stratified_split",
 ]
 
 SplitName = Literal["train", "val", "test"]
+
+
+class Fold(BaseModel):
+    """Fold `k` (from 0) of `of` stratified folds of the training images, for K-fold cross
+    validation: that fold is the validation split, the other folds train."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(ge=0)
+    of: int = Field(ge=2, le=1000)
+
+    @model_validator(mode="after")
+    def _k_below_of(self) -> Fold:
+        if self.k >= self.of:
+            raise ValueError(f"fold k={self.k} must be below of={self.of} (folds count from 0)")
+        return self
 
 
 class DataConfig(BaseModel):
@@ -40,13 +56,24 @@ class DataConfig(BaseModel):
     resize: Resize | None = Field(None, description="how to fit images of another size")
     input_size: int = Field(32, ge=1, description="image side the model takes")
     val_size: int = Field(5000, ge=0, description="stratified validation images carved "
-                                                   "from train; 0: train on everything")
+                                                   "from train; 0: train on everything; with "
+                                                   "fold, the fold replaces them")
     split_seed: int = Field(0, description="seed of the val split and the subset")
     subset: int | None = Field(None, ge=1, description="use a stratified sample of this many "
                                                        "training images (before the val split)")
+    fold: Fold | None = Field(None, description="validate on this fold of the training images "
+                                                "instead of val_size random ones")
     cache: bool = Field(True, description="reuse decoded arrays from the cache")
     cache_dir: str | None = Field(None, description="default: $BUDGETNET_CACHE or "
                                                     "~/.cache/budgetnet")
+
+    @model_validator(mode="after")
+    def _fold_needs_validation(self) -> DataConfig:
+        # val_size 0 is how the engine and evaluation know a run has no validation split.
+        if self.fold is not None and self.val_size == 0:
+            raise ValueError("data.fold makes a fold the validation split, but data.val_size is 0 "
+                             "(no validation split); drop val_size 0 or the fold")
+        return self
 
 
 class Split(NamedTuple):
@@ -107,7 +134,10 @@ def prepare_data(
 
         loaded = loads["train"] = cached_load(source, "train", cache_dir, cfg.cache,
                                               select if cfg.subset is not None else None)
-        train_idx, val_idx = stratified_split(loaded.arrays.y, cfg.val_size, cfg.split_seed)
+        if cfg.fold is None:
+            train_idx, val_idx = stratified_split(loaded.arrays.y, cfg.val_size, cfg.split_seed)
+        else:  # the fold's size replaces val_size
+            train_idx, val_idx = stratified_fold(loaded.arrays.y, cfg.fold.k, cfg.fold.of, cfg.split_seed)
         parts = {"train": train_idx, "val": val_idx if cfg.val_size else None}
         for name, idx in parts.items():
             if idx is not None and name in splits:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from budgetnet.plots import figure_png, pyplot
 from budgetnet.train.checkpoint import atomic_write_bytes
 
 METRIC_COLUMNS = [
@@ -81,11 +82,7 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
 
 def plot_curves(path: Path, rows: list[dict[str, float]]) -> None:
     """Accuracy and loss vs epoch, train vs val, as in the seed reports' figures."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (("train", "train"), ("val", "validation")):
@@ -97,11 +94,7 @@ def plot_curves(path: Path, rows: list[dict[str, float]]) -> None:
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, figure_png(fig))
 
 
 @dataclass

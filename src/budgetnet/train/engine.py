@@ -40,6 +40,7 @@ from budgetnet.errors import BudgetnetError
 from budgetnet.train.callbacks import EarlyStopping, EarlyStoppingConfig, ProgressReporter, plot_curves, write_metrics
 from budgetnet.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from budgetnet.train.rundir import RunLock, environment_info, new_run_dir, write_json
+from budgetnet.train.tracking import epoch_loggers
 
 if TYPE_CHECKING:
     from budgetnet.config import RunConfig
@@ -80,6 +81,9 @@ class TrainConfig(BaseModel):
         description="plan the run to fit this much training time: the steps that fit are timed "
         "before training, and the epochs and schedule are compressed to them (never stretched); "
         "none (or off) for no time budget",
+    )
+    log: list[Literal["tensorboard"]] = Field(
+        default_factory=list, description="experiment trackers fed every epoch (see train/tracking.py)"
     )
 
     @field_validator("time_budget_s", mode="before")
@@ -239,6 +243,9 @@ def train(
             stale.unlink(missing_ok=True)
         if not resume and any(p.name != ".lock" for p in run_dir.iterdir()):
             raise BudgetnetError(f"run directory {run_dir} is not empty; use --resume {run_dir} or another --out")
+        # Experiment tracking (train.log): trackers wrap the epoch callback (train/tracking.py); made
+        # first, so a missing package fails before anything is written. `trainer` is read when called.
+        on_epoch_end = epoch_loggers(cfg, run_dir, lambda: trainer.state.global_step, on_epoch_end)
         trainer = _Trainer(cfg, run_dir, quiet, on_epoch_end)  # a bad --data leaves no half-made run behind
         if not resume:
             atomic_write_bytes(run_dir / "config.yaml", dump_config(cfg).encode())
