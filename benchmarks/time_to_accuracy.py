@@ -1,16 +1,18 @@
-"""Time-to-accuracy: training seconds until validation accuracy first reaches each threshold.
+"""Time-to-accuracy: training compute (PFLOP) and seconds until validation accuracy first
+reaches each threshold.
 
 Trains a shipped recipe (default: the flagship) on 45,000 images and validates on the other
 5,000 of the training split (stratified, split seed 0), once per seed. Validation runs after
 every epoch and is not counted as training time; nor is the warm-up (compile) before the first
-step, which a time-budgeted recipe times apart. The recipes carry their own time budget
-(flagship 300 s, long 3600 s); --time-budget changes it, --epochs the epochs it plans for.
+step, which a time-budgeted recipe times apart. PFLOP (3 x forward FLOPs x images trained) are
+the same on every machine; seconds are this machine's. --time-budget S plans a recipe into S
+seconds (none: no budget), --epochs changes the epochs it plans for.
 
     .venv/bin/python benchmarks/time_to_accuracy.py [--recipe flagship|long] [--seeds 0,1,2]
         [--epochs N] [--time-budget S] [--max-train-seconds S] [--data ZIP] [--runs-dir DIR]
 
-The last line gives, per threshold, the mean and spread (min-max) of the seconds over the seeds
-that reached it, and how many did.
+The last line gives, per threshold, the mean and spread (min-max) of the PFLOP and seconds over
+the seeds that reached it, and how many did.
 """
 
 from __future__ import annotations
@@ -35,11 +37,11 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--max-train-seconds", type=float)
-    parser.add_argument("--time-budget", type=float)
+    parser.add_argument("--time-budget", help="seconds, or none")
     parser.add_argument("--runs-dir", default="runs/time-to-accuracy")
     args = parser.parse_args()
 
-    reached: dict[float, list[float]] = {t: [] for t in THRESHOLDS}
+    reached: dict[float, list[tuple[float, float]]] = {t: [] for t in THRESHOLDS}
     seeds = [int(s) for s in args.seeds.split(",")]
     for seed in seeds:
         train_over = {"seed": seed}
@@ -59,23 +61,28 @@ def main() -> None:
         )
         result = train(cfg, runs_root=Path(args.runs_dir), quiet=True)
         rows = read_metrics(result.run_dir / "metrics.csv")
-        firsts = {t: next((r["train_seconds"] for r in rows if r["val_acc"] >= t), None) for t in THRESHOLDS}
-        for t, sec in firsts.items():
-            if sec is not None:
-                reached[t].append(sec)
+        firsts = {t: next(((r["train_pflop"], r["train_seconds"]) for r in rows if r["val_acc"] >= t), None)
+                  for t in THRESHOLDS}
+        for t, first in firsts.items():
+            if first is not None:
+                reached[t].append(first)
         best = max(r["val_acc"] for r in rows)
         print(json.dumps({
             "recipe": args.recipe, "seed": seed, "run_dir": str(result.run_dir), "best_val_acc": best,
-            "train_seconds": result.summary["train_seconds"], "epochs": len(rows),
+            "train_seconds": result.summary["train_seconds"], "train_pflop": result.summary["train_pflop"],
+            "epochs": len(rows),
             "steps": f"{result.summary['steps_run']}/{result.summary['planned_steps']}",
-            "seconds_to": {f"{100 * t:.0f}%": s for t, s in firsts.items()},
+            "pflop_seconds_to": {f"{100 * t:.0f}%": f for t, f in firsts.items()},
         }), flush=True)
 
     parts = []
-    for t, secs in reached.items():
-        if secs:
-            spread = f" [{min(secs):.0f}-{max(secs):.0f}]" if len(secs) > 1 else ""
-            parts.append(f"{100 * t:.0f}%: {statistics.mean(secs):.0f}s{spread} ({len(secs)}/{len(seeds)})")
+    for t, firsts_t in reached.items():
+        if firsts_t:
+            pflop, secs = [f[0] for f in firsts_t], [f[1] for f in firsts_t]
+            spread = (f" [{min(pflop):.3f}-{max(pflop):.3f} PFLOP, {min(secs):.0f}-{max(secs):.0f}s]"
+                      if len(secs) > 1 else "")
+            parts.append(f"{100 * t:.0f}%: {statistics.mean(pflop):.3f} PFLOP {statistics.mean(secs):.0f}s{spread} "
+                         f"({len(secs)}/{len(seeds)})")
         else:
             parts.append(f"{100 * t:.0f}%: not reached (0/{len(seeds)})")
     print(f"time-to-accuracy {args.recipe}: " + "; ".join(parts))

@@ -163,7 +163,7 @@ def train_tiny(data: Path, out: Path, *options: str, epochs: int = 2) -> Path:
     from budgetnet.cli import main
 
     code = main(["train", "--data", str(data), "--blocks", "1", "--channels", "8", "--classes", "3",
-                 "--epochs", str(epochs), "--batch-size", "16", "--lr", "0.1", "--precision", "fp32",
+                 "--epochs", str(epochs), "--batch-size", "16", "--optimizer", "sgd", "--lr", "0.1", "--precision", "fp32",
                  "--threads", "1", "--device", "cpu", "--quiet", "--out", str(out), *options])
     assert code == 0
     return out
@@ -176,7 +176,9 @@ def tiny_run_config(dataset: Path, **sections: dict) -> RunConfig:
     base = {
         "data": {"path": str(dataset), "input_size": 16, "val_size": 60},
         "model": {"preset": None, "blocks": [1], "channels": [8], "classes": 3, "input_size": 16},
-        "optim": {"lr": 0.1},
+        # Nesterov SGD with a warm-up: tiny runs that learn, but not perfectly in two epochs.
+        "optim": {"name": "sgd", "lr": 0.1, "nesterov": True, "no_decay_bn_bias": True},
+        "schedule": {"warmup_epochs": 1.0},
         "train": {"epochs": 2, "batch_size": 30, "precision": "fp32", "threads": 1, "device": "cpu", "tta": False,
                   "time_budget_s": None},
     }

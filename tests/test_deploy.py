@@ -21,7 +21,7 @@ from budgetnet import deploy
 from budgetnet.cli import main
 from budgetnet.deploy import OnnxModel, export_model, load_model, quantize_int8
 from budgetnet.models import count_params
-from budgetnet.train.checkpoint import load_checkpoint
+from budgetnet.train.checkpoint import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +149,9 @@ def test_int8_is_deterministic(exported: tuple[Path, dict], trained: tuple[Path,
 
 
 def test_export_cli_json_and_last_checkpoint_at_an_opset_it_cannot_write(run: Path, capsys) -> None:
-    """last.pt lacks the classes and statistics: they come from summary.json. The exporter
-    cannot convert this model below opset 18: a warning says so, never silence."""
+    """last.pt exports like best.pt; one written before it recorded the classes and statistics
+    takes them from summary.json or best.pt beside it. The exporter cannot convert this model
+    below opset 18: a warning says so, never silence."""
     code, out, err = cli(capsys, "export", run, "--last", "--opset", "17", "--json", "--split", "test")
     assert code == 0, err
     report = json.loads(out)
@@ -158,6 +159,9 @@ def test_export_cli_json_and_last_checkpoint_at_an_opset_it_cannot_write(run: Pa
     assert report["opset"] == 18 and "int8" not in report and report["split"] == "test"
     assert "warning: opset 17 could not be written" in err and err.count("\n") == 1, err
     assert sorted(p.name for p in (run / "export").iterdir()) == ["model.json", "model.onnx"]
+    older = {k: v for k, v in load_checkpoint(run / "last.pt").items() if k not in ("classes", "mean", "std")}
+    save_checkpoint(run / "last.pt", older)
+    assert cli(capsys, "export", run, "--last", "--out", run / "older")[0] == 0  # from summary.json
     (run / "summary.json").unlink()
     (run / "best.pt").unlink()
     line = one_line_error(*cli(capsys, "export", run, "--last")[::2])

@@ -18,6 +18,7 @@ from PIL import Image
 from budgetnet.cli import main
 from budgetnet.deploy import export_model, load_model
 from budgetnet.predict import predict_images
+from budgetnet.train.checkpoint import load_checkpoint, save_checkpoint
 
 WARNING = "budgetnet: warning: "
 
@@ -135,5 +136,9 @@ def test_last_checkpoint_and_errors(trained: Path, folder: Path, tmp_path: Path,
         assert code == 2 and err.count("\n") == 1 and says in err, err
     (run / "summary.json").unlink()
     (run / "best.pt").unlink()
+    code, out, err = predict(capsys, run / "last.pt", folder / "dog")  # last.pt records classes and statistics
+    assert code == 0, err
+    save_checkpoint(run / "last.pt", {k: v for k, v in load_checkpoint(run / "last.pt").items()
+                                      if k not in ("classes", "mean", "std")})
     code, out, err = predict(capsys, run / "last.pt", folder)
     assert code == 2 and "does not record the class names" in err and err.count("\n") == 1

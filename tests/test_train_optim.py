@@ -3,9 +3,9 @@ groups exempt BN/bias from weight decay; early stopping counts epochs as documen
 
 from __future__ import annotations
 
+import copy
 import math
 import typing
-import warnings
 
 import pytest
 import torch
@@ -13,7 +13,7 @@ from torch import nn
 
 from budgetnet.train.callbacks import EarlyStopping, EarlyStoppingConfig
 from budgetnet.train.optim import OptimConfig, OptimizerName, build_optimizer
-from budgetnet.train.schedules import ScheduleConfig, ScheduleName, build_scheduler
+from budgetnet.train.schedules import Plateau, ScheduleConfig, ScheduleName, lr_factor
 
 OPTIMIZERS = list(typing.get_args(OptimizerName))
 SCHEDULES = list(typing.get_args(ScheduleName))
@@ -34,7 +34,7 @@ def loss_of(model: nn.Module) -> torch.Tensor:
 
 
 def test_names_cover_the_cli_help() -> None:
-    assert OPTIMIZERS == ["sgd", "adam", "adamw", "adamax", "adagrad", "rmsprop", "adadelta", "asgd"]
+    assert OPTIMIZERS == ["sgd", "adam", "adamw", "adamax", "adagrad", "rmsprop", "adadelta", "asgd", "muon"]
     assert SCHEDULES == ["constant", "step", "cosine", "cosine_restarts", "plateau", "cyclic", "onecycle", "linear"]
 
 
@@ -43,7 +43,7 @@ def test_every_optimizer_builds_and_lowers_the_loss(name: str) -> None:
     model = tiny_net()
     lr = 1.0 if name == "adadelta" else 0.05  # adadelta's lr scales an already unit-free step
     opt = build_optimizer(model, OptimConfig(name=name, lr=lr, weight_decay=1e-4))
-    assert type(opt).__name__.lower() == name
+    assert type(opt).__name__.lower() == ("muonsgd" if name == "muon" else name)
     before = [p.detach().clone() for p in model.parameters()]
     first = loss_of(model).item()
     for _ in range(5):
@@ -54,6 +54,55 @@ def test_every_optimizer_builds_and_lowers_the_loss(name: str) -> None:
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert loss_of(model).item() < first
+
+
+def speedrun_net() -> nn.Module:
+    from budgetnet.models import build_model, get_preset
+
+    torch.manual_seed(0)
+    return build_model(get_preset("speedrun_2m").model_copy(update={"channels": [8, 16, 16]}))
+
+
+def test_muon_groups_filters_head_and_stem_bias() -> None:
+    """Muon takes every trainable conv filter and nothing else; the head gets its own lr, the
+    whitening bias a shortened horizon, frozen parameters no group; weight decay per step is
+    the same for every SGD group whatever its lr."""
+    model = speedrun_net()
+    cfg = OptimConfig(name="muon", lr=0.05, head_lr_scale=10.0, stem_bias_fraction=0.25, weight_decay=0.004,
+                      muon_lr=0.2)
+    opt = build_optimizer(model, cfg)
+    biases, head, stem, filters = opt.param_groups
+    assert all(p.ndim == 4 and p.requires_grad for p in filters["params"])
+    assert len(filters["params"]) == 6 and filters["peak_lr"] == 0.2  # 3 stages x (conv + plain conv)
+    assert head["params"] == [model.fc.weight] and head["peak_lr"] == pytest.approx(0.5)
+    assert stem["params"] == [model.stem.conv.bias] and stem["horizon"] == 0.25
+    assert all(g["lr"] * g["weight_decay"] == pytest.approx(0.004) for g in (biases, head, stem))
+    grouped = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+    assert model.stem.conv.weight.requires_grad is False and id(model.stem.conv.weight) not in grouped
+
+
+def test_muon_steps_keep_filter_norms_and_resume_exactly() -> None:
+    model = speedrun_net()
+    opt = build_optimizer(model, OptimConfig(name="muon"))
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+
+    def step() -> None:
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    step()
+    saved = {"model": {k: v.clone() for k, v in model.state_dict().items()}, "opt": copy.deepcopy(opt.state_dict())}
+    step()
+    after = {k: v.clone() for k, v in model.state_dict().items()}
+    conv = model.layers[1].conv.weight
+    # Renormalized to sqrt(out) before each step, and the orthogonalized step has a bounded size.
+    assert conv.norm().item() == pytest.approx(len(conv) ** 0.5, rel=0.5)
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    step()
+    assert all(torch.equal(after[k], v) for k, v in model.state_dict().items())
 
 
 def test_param_groups_exempt_bn_and_bias_from_weight_decay() -> None:
@@ -80,23 +129,16 @@ def test_nesterov_needs_momentum() -> None:
 
 
 def lr_trace(cfg: ScheduleConfig, lr: float = 0.1, lr_scale: float = 1.0) -> list[list[float]]:
-    """Per-group lr before each step of a whole run (plateau: metrics that never improve)."""
-    model = tiny_net()
-    opt = build_optimizer(model, OptimConfig(lr=lr, bn_bias_lr_scale=lr_scale))
-    sched = build_scheduler(opt, cfg, STEPS_PER_EPOCH, EPOCHS)
+    """Per-group lr before each step of a whole run, as the loop sets it (plateau: metrics
+    that never improve, reported at each epoch's end)."""
+    opt = build_optimizer(tiny_net(), OptimConfig(lr=lr, bn_bias_lr_scale=lr_scale))
+    plateau = Plateau(cfg)
     trace = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # e.g. torch's "scheduler stepped before optimizer"
-        for step in range(TOTAL):
-            trace.append([g["lr"] for g in opt.param_groups])
-            opt.zero_grad()
-            loss_of(model).backward()
-            opt.step()
-            if cfg.name != "plateau":
-                sched.step()
-            elif (step + 1) % STEPS_PER_EPOCH == 0:
-                sched.step(0.5)
-    trace.append([g["lr"] for g in opt.param_groups])
+    for step in range(TOTAL + 1):
+        factor = lr_factor(cfg, step, TOTAL, EPOCHS) * plateau.scale
+        trace.append([g["peak_lr"] * factor for g in opt.param_groups])
+        if cfg.name == "plateau" and (step + 1) % STEPS_PER_EPOCH == 0:
+            plateau.update(0.5)
     return trace
 
 
@@ -156,47 +198,46 @@ def test_plateau_decays_per_epoch_and_respects_the_floor() -> None:
 
 def test_plateau_mode_follows_the_monitored_metric() -> None:
     for mode, better in (("val_acc", [0.1, 0.2, 0.3]), ("val_loss", [3.0, 2.0, 1.0])):
-        opt = build_optimizer(tiny_net(), OptimConfig(lr=0.1))
-        sched = build_scheduler(opt, ScheduleConfig(name="plateau", plateau_mode=mode, plateau_patience=0),
-                                STEPS_PER_EPOCH, EPOCHS)
+        plateau = Plateau(ScheduleConfig(name="plateau", plateau_mode=mode, plateau_patience=0))
         for value in better:
-            sched.step(value)
-        assert opt.param_groups[0]["lr"] == pytest.approx(0.1), mode  # improving: no decay
+            plateau.update(value)
+        assert plateau.scale == 1.0, mode  # improving: no decay
+        plateau.update(better[0])
+        assert plateau.scale == pytest.approx(0.1), mode
 
 
 @pytest.mark.parametrize("epochs,spe", [(1, 1), (1, 2), (2, 1)])
 def test_tiny_runs_do_not_break_schedules(epochs: int, spe: int) -> None:
     """One or two steps in all, with a warm-up longer than the run: still a valid schedule."""
     for name in SCHEDULES:
-        opt = build_optimizer(tiny_net(), OptimConfig(lr=0.1))
-        sched = build_scheduler(opt, ScheduleConfig(name=name, warmup_epochs=5.0), spe, epochs)
-        for _ in range(epochs * spe):
-            opt.step()
-            sched.step(0.5) if name == "plateau" else sched.step()
-            assert all(math.isfinite(g["lr"]) and g["lr"] >= 0 for g in opt.param_groups), name
+        cfg = ScheduleConfig(name=name, warmup_epochs=5.0)
+        for step in range(epochs * spe + 1):
+            factor = lr_factor(cfg, step, epochs * spe, epochs)
+            assert math.isfinite(factor) and factor >= 0, name
 
 
-def test_scheduler_state_round_trips() -> None:
-    """What a checkpoint stores: a rebuilt scheduler loaded mid-warm-up continues identically."""
-    cfg = ScheduleConfig(name="cosine", warmup_epochs=1.0)
-    full = [lrs[0] for lrs in lr_trace(cfg)]
-    model = tiny_net()
-    opt = build_optimizer(model, OptimConfig(lr=0.1))
-    sched = build_scheduler(opt, cfg, STEPS_PER_EPOCH, EPOCHS)
-    for _ in range(2):
-        opt.step()
-        sched.step()
-    saved_opt, saved_sched = opt.state_dict(), sched.state_dict()
-    opt2 = build_optimizer(model, OptimConfig(lr=0.1))
-    sched2 = build_scheduler(opt2, cfg, STEPS_PER_EPOCH, EPOCHS)
-    opt2.load_state_dict(saved_opt)
-    sched2.load_state_dict(saved_sched)
-    rest = []
-    for _ in range(2, TOTAL):
-        rest.append(opt2.param_groups[0]["lr"])
-        opt2.step()
-        sched2.step()
-    assert rest == pytest.approx(full[2:TOTAL])
+def test_plateau_state_round_trips() -> None:
+    """The one schedule state a checkpoint stores: a restored plateau decays where the original
+    would (every other schedule is a pure function of the step)."""
+    cfg = ScheduleConfig(name="plateau", plateau_patience=1, gamma=0.5)
+    original = Plateau(cfg)
+    for value in (0.5, 0.4):
+        original.update(value)
+    restored = Plateau(cfg)
+    restored.load_state_dict(original.state_dict())
+    for plateau in (original, restored):
+        plateau.update(0.4)
+    assert restored.scale == original.scale == 0.5
+
+
+def test_compressed_schedule_keeps_its_shape() -> None:
+    """Re-planning a run to fewer steps is changing total_steps: the warm-up and decay land at
+    the same fractions of the run."""
+    cfg = ScheduleConfig(name="linear", warmup_epochs=1.0, warmup_start_factor=0.1)
+    full = [lr_factor(cfg, s, 40, 4) for s in range(40)]
+    half = [lr_factor(cfg, s, 20, 4) for s in range(20)]
+    assert half == pytest.approx(full[::2], abs=0.06)
+    assert max(half) == pytest.approx(1.0) and half.index(max(half)) == 5
 
 
 def test_early_stopping_counts_epochs_without_improvement() -> None:

@@ -9,14 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import make_synthetic, write_npz
 from test_train_resume import assert_same_history, assert_same_weights, metrics, tiny_config, train_whole_and_cut
 
 from budgetnet.cli import main
 from budgetnet.train import engine
 from budgetnet.train.checkpoint import load_checkpoint
-from budgetnet.train.schedules import ScheduleConfig, build_scheduler
+from budgetnet.train.schedules import ScheduleConfig, lr_factor
 
 
 @pytest.fixture
@@ -25,14 +24,8 @@ def data(tmp_path: Path) -> Path:
 
 
 def lrs(cfg: ScheduleConfig, spe: int, epochs: int, total_steps: int | None) -> list[float]:
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = build_scheduler(opt, cfg, spe, epochs, total_steps=total_steps)
-    out = []
-    for _ in range(total_steps or spe * epochs):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return out
+    total = total_steps or spe * epochs
+    return [lr_factor(cfg, step, total, epochs) for step in range(total)]
 
 
 def test_compressed_schedule_keeps_its_shape_in_fewer_steps() -> None:
@@ -85,26 +78,25 @@ def test_a_resumed_budgeted_run_keeps_its_plan(tmp_path: Path, data: Path, monke
     assert json.loads((cut / "summary.json").read_text())["steps_run"] == 10
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
-def test_rebuilt_schedule_continues_where_the_old_one_was(tmp_path: Path, data: Path) -> None:
-    """Re-planning rebuilds the scheduler at the current step: with an unchanged plan the lrs
-    that follow are the ones the original scheduler would have given."""
-    trainer = engine._Trainer(tiny_config(data), tmp_path, quiet=True, on_epoch_end=None)
-    trainer.state.planned_steps = 21
-    original = trainer._build_scheduler()
-    expected = []
-    for _ in range(21):
-        expected.append(trainer.optimizer.param_groups[0]["lr"])
-        original.step()
-    trainer.scheduler = trainer._build_scheduler()
-    for _ in range(8):
-        trainer.scheduler.step()
-    rebuilt = trainer._build_scheduler(steps_done=8)
-    got = []
-    for _ in range(8, 21):
-        got.append(trainer.optimizer.param_groups[0]["lr"])
-        rebuilt.step()
-    assert got == pytest.approx(expected[8:])
+def test_a_new_plan_moves_the_schedule_at_once(tmp_path: Path, data: Path) -> None:
+    """The lr is a function of (step, planned steps): re-planning changes one integer, and the
+    very next step follows the new plan; nothing else needs rebuilding or checkpointing."""
+    cfg = tiny_config(data)
+    trainer = engine._Trainer(cfg, tmp_path, quiet=True, on_epoch_end=None)
+    peak = trainer.optimizer.param_groups[0]["peak_lr"]
+    for planned in (21, 10):
+        trainer.state.planned_steps = planned
+        trainer._set_lr(8)
+        expected = peak * lr_factor(cfg.schedule, 8, planned, cfg.train.epochs)
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+    assert lr_factor(cfg.schedule, 8, 21, cfg.train.epochs) != lr_factor(cfg.schedule, 8, 10, cfg.train.epochs)
+
+
+@pytest.mark.parametrize("off", ["none", "off", "null", 1e9])
+def test_a_budget_can_be_lifted(off: object) -> None:
+    """`--time-budget none|off` (or any value beyond a year) means no time budget."""
+    assert engine.TrainConfig(time_budget_s=off).time_budget_s is None
+    assert engine.TrainConfig(time_budget_s=300).time_budget_s == 300
 
 
 def test_a_slower_pace_than_timed_shrinks_the_plan(tmp_path: Path, data: Path, monkeypatch) -> None:

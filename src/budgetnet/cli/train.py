@@ -65,7 +65,7 @@ def train(
     epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
-    optimizer: Annotated[Optional[str], typer.Option("--optimizer", help="sgd, adam, adamw, adamax, adagrad, rmsprop, adadelta, asgd")] = None,
+    optimizer: Annotated[Optional[str], typer.Option("--optimizer", help="sgd, adam, adamw, adamax, adagrad, rmsprop, adadelta, asgd, muon (Muon on conv filters, Nesterov SGD on the rest)")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.")] = None,
     weight_decay: Annotated[Optional[float], typer.Option("--weight-decay")] = None,
     schedule: Annotated[Optional[str], typer.Option("--schedule", help="constant, step, cosine, cosine_restarts, plateau, cyclic, onecycle, linear")] = None,

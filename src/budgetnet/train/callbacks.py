@@ -18,7 +18,8 @@ from budgetnet.plots import figure_png, pyplot
 from budgetnet.train.checkpoint import atomic_write_bytes
 
 METRIC_COLUMNS = [
-    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "train_seconds", "nan_skips",
+    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "train_seconds", "train_pflop",
+    "nan_skips",
 ]
 
 

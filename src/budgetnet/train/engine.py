@@ -535,6 +535,10 @@ class _Trainer:
             },
             "history": st.history,
             "early_stopping": self.stopper.state_dict() if self.stopper else None,
+            # What evaluate, export and predict need to use last.pt as they use best.pt.
+            "classes": list(self.data.classes),
+            "mean": list(self.data.mean),
+            "std": list(self.data.std),
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -641,6 +645,7 @@ class _Trainer:
                         self._save(LAST)
                         raise TrainingInterrupted(guard.signum, self.run_dir)
                     val_loss, val_acc = self._validate()
+                    self._set_lr(st.global_step)  # the row's lr is the next step's: 0 at the plan's end
                     loss_sum, correct, seen = st.partial
                     row = {
                         "epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),

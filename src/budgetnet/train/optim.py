@@ -144,7 +144,7 @@ class FilterMuon(torch.optim.Optimizer):
 
 
 class MuonSGD:
-    """`FilterMuon` for the convolution filters, Nesterov SGD (`momentum`) for the rest (BN
+    """`FilterMuon` for the convolution filters, SGD (`momentum`, `nesterov`) for the rest (BN
     shifts, biases, the head), stepped together as one optimizer. Weight decay follows
     airbench: `weight_decay` is what each SGD-trained parameter loses per step at the peak lr,
     whatever its group's lr; the filters get none (their norm is pinned)."""
@@ -164,7 +164,8 @@ class MuonSGD:
                 groups.append({"params": params, "lr": lr, "weight_decay": cfg.weight_decay / lr, "horizon": horizon})
         parts: list[torch.optim.Optimizer] = []
         if groups:
-            parts.append(torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True))
+            parts.append(torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                                         nesterov=cfg.nesterov and cfg.momentum > 0))
         if filters:
             parts.append(FilterMuon(filters, lr=cfg.muon_lr, momentum=cfg.muon_momentum))
         self.parts = parts

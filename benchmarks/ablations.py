@@ -1,0 +1,114 @@
+"""Ablations of the default recipe: what each speed-run component is worth at fixed compute.
+
+Each row is the default recipe with one change, given as config overrides (data, not code),
+trained on a proxy of the validation protocol: a stratified 15,000-image subset of the
+training split, 5,000 of them held out for validation (split seed 0), `--epochs` epochs of the
+other 10,000. Rows print and append to `--out` (JSON lines) as they finish; a row already in
+that file is skipped, so a killed run continues where it stopped. The `no TTA` row evaluates
+the baseline's best.pt again without test-time augmentation (no training). The markdown table
+goes to `--table`.
+
+    .venv/bin/python benchmarks/ablations.py [--data ZIP] [--epochs 3] [--seeds 0]
+        [--out docs/results/accuracy_per_flop/ablations.jsonl]
+        [--table docs/results/accuracy_per_flop/ablations.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from budgetnet.config import load_config
+from budgetnet.evaluate import evaluate_checkpoint
+from budgetnet.train import train
+
+ROWS: dict[str, dict[str, Any]] = {
+    "default recipe (speedrun_2m, Muon)": {},
+    "3x3 conv stem (BN, 24 ch) instead of whitening": {"model": {"stem": "conv", "stem_width": 24}},
+    "kaiming init instead of dirac": {"model": {"conv_init": "kaiming"}},
+    "ReLU instead of GELU": {"model": {"activation": "relu"}},
+    "learned BN scale, momentum 0.1": {"model": {"bn_frozen_scale": False, "bn_momentum": 0.1, "bn_eps": 1e-5}},
+    "Nesterov SGD lr 0.2 (wd 5e-4, no BN decay) instead of Muon": {
+        "optim": {"name": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+                  "no_decay_bn_bias": True}},
+    "no label smoothing": {"train": {"label_smoothing": 0.0}},
+    "random flip instead of alternating": {"augment": {"flip": {"mode": "random"}}},
+}
+BASELINE = next(iter(ROWS))
+
+
+def run_row(name: str, over: dict[str, Any], seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    base = {"name": "ablation", "data": {"path": args.data, "subset": 15_000, "val_size": 5_000, "split_seed": 0},
+            "train": {"epochs": args.epochs, "seed": seed}}
+    merged = {**base, **{k: v for k, v in over.items() if k not in base}}
+    merged["train"] = {**base["train"], **over.get("train", {})}
+    cfg = load_config(overrides=merged)
+    result = train(cfg, runs_root=Path(args.runs_dir), quiet=True)
+    s = result.summary
+    return {"row": name, "seed": seed, "val_acc_tta": s["final_val_acc"], "train_pflop": s["train_pflop"],
+            "train_seconds": s["train_seconds"], "params": s["params"], "run_dir": str(result.run_dir)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_zip = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-train-jpg.zip"
+    parser.add_argument("--data", default=str(default_zip))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--runs-dir", default="runs/ablations")
+    parser.add_argument("--out", default="docs/results/accuracy_per_flop/ablations.jsonl")
+    parser.add_argument("--table", default="docs/results/accuracy_per_flop/ablations.md")
+    args = parser.parse_args()
+    out = Path(args.out)
+    done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    seen = {(d["row"], d["seed"]) for d in done}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for name, over in ROWS.items():
+            if (name, seed) not in seen:
+                record(out, done, run_row(name, over, seed, args))
+        if ("no TTA", seed) not in seen:
+            base = next(d for d in done if d["row"] == BASELINE and d["seed"] == seed)
+            result, _ = evaluate_checkpoint(Path(base["run_dir"]), data_path=args.data, split="val", tta=False)
+            record(out, done, {**base, "row": "no TTA (the default run, evaluated without it)",
+                               "val_acc_tta": result.accuracy})
+    write_table(Path(args.table), done, args)
+
+
+def record(out: Path, done: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    print(json.dumps(row), flush=True)
+    done.append(row)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def write_table(path: Path, done: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    names = list(dict.fromkeys(d["row"] for d in done))
+    base = statistics.mean(d["val_acc_tta"] for d in done if d["row"] == BASELINE)
+    lines = [
+        f"Proxy: {args.epochs} epochs of 10,000 training images, validation on 5,000 held out "
+        "(15,000-image stratified subset of the shared zip, split seed 0). "
+        f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, cpu capability {torch.backends.cpu.get_cpu_capability()}.",
+        "Command: `python benchmarks/ablations.py " + f"--epochs {args.epochs} --seeds {args.seeds}`",
+        "",
+        "| change from the default recipe | seeds | val acc % (mean) | min-max | vs default | train PFLOP |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        accs = [100 * d["val_acc_tta"] for d in done if d["row"] == name]
+        pflop = statistics.mean(d["train_pflop"] for d in done if d["row"] == name)
+        lines.append(f"| {name} | {len(accs)} | {statistics.mean(accs):.2f} | {min(accs):.2f}-{max(accs):.2f} | "
+                     f"{statistics.mean(accs) - 100 * base:+.2f} | {pflop:.4f} |")
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# GPU readiness in one run (at most 8 minutes on one GPU). Uses the torch found on the machine
+# (never installs one): the tests marked gpu (the training step on CUDA: bf16, channels_last,
+# compile, the device loader, a resume), then the default recipe with no time budget on the
+# validation protocol (45k/5k, split seed 0), printing validation accuracy, training seconds,
+# images/s and TFLOP/s.
+#
+#   bash benchmarks/gpu_check.sh [DATA]      # DATA: the CIFAR-10 zip/folder (default ../shared/...)
+#
+# budgetnet's pure-Python dependencies must be importable (pip install -e . where PyPI is
+# reachable; elsewhere install the wheels you brought). Output: stdout, and gpu_check/ in the
+# repository (the run directory and the test log).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:-../shared/data/cifar10-train-jpg.zip}
+OUT=${GPU_CHECK_OUT:-gpu_check}
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-python3}
+"$PY" - <<'PY'
+import sys, torch
+if not torch.cuda.is_available():
+    sys.exit("gpu_check: no CUDA GPU visible to torch " + torch.__version__)
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
+PY
+mkdir -p "$OUT"
+timeout 180 "$PY" -m pytest -p no:cacheprovider -m gpu tests/test_gpu.py -q 2>&1 | tee "$OUT/tests.log"
+rm -rf "$OUT/flagship"
+timeout 270 "$PY" -m budgetnet train --data "$DATA" --time-budget none --out "$OUT/flagship" --quiet
+"$PY" - "$OUT/flagship/summary.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+rate = s["images_seen"] / s["train_seconds"]
+print(f"gpu_check: default recipe val {100 * s['final_val_acc']:.2f}% (TTA), {s['train_seconds']:.1f} s of training, "
+      f"{rate:.0f} img/s, {s['train_pflop'] * 1e3 / s['train_seconds']:.1f} TFLOP/s, {s['train_pflop']:.4f} PFLOP, "
+      f"{s['precision']}, {s['device']}")
+PY

@@ -1,0 +1,116 @@
+"""The speed-run components: the whitening stem, dirac init, frozen-scale BN, the preset
+family, micro-batched steps and the training-compute count."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_synthetic, tiny_run_config, write_npz
+
+from budgetnet.errors import BudgetnetError
+from budgetnet.models import build_model, count_params, get_preset, load_model_section, summarize
+from budgetnet.models.blocks import WhiteningStem
+from budgetnet.train import engine
+from budgetnet.train.checkpoint import load_checkpoint
+
+
+def test_whitening_stem_decorrelates_the_patches_it_was_fitted_on() -> None:
+    """After init_whitening, the 2x2 patches of the fitting images come out with (nearly) unit
+    covariance: the first half of the filters whitens, the second half is its negation."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(64, 3, 12, 12, generator=g)
+    images = base + 0.8 * base.roll(1, dims=1) + 0.5 * base.roll(1, dims=3)  # correlated channels and pixels
+    stem = WhiteningStem(3, 2)
+    stem.init_whitening(images, eps=0.0)
+    out = torch.nn.functional.conv2d(images, stem.conv.weight[:12])  # before the activation
+    flat = out.permute(0, 2, 3, 1).reshape(-1, 12).double()
+    covariance = flat.T @ flat / len(flat)
+    torch.testing.assert_close(covariance, torch.eye(12, dtype=torch.float64), atol=1e-3, rtol=0)
+    torch.testing.assert_close(stem.conv.weight[12:], -stem.conv.weight[:12])
+    assert not stem.conv.weight.requires_grad and stem.conv.bias.requires_grad
+
+
+def test_speedrun_presets_match_their_public_counts() -> None:
+    """airbench94's 1,971,328 trainable weights plus the whitening bias (24): frozen whitening
+    filters and BN scales do not count; FLOPs as the public recipe's 0.29 PFLOP for 8 x 50,000
+    images implies."""
+    small = summarize(get_preset("speedrun_2m"))
+    assert small.params == 1_971_352
+    assert 3 * small.flops * 8 * 50_000 / 1e15 == pytest.approx(0.2836, abs=1e-3)
+    assert count_params(get_preset("speedrun_5m")) == 4_604_440
+    assert get_preset("speedrun_2m").feature_sizes == [15, 7, 3]  # 31 after the unpadded 2x2 stem
+
+
+def test_dirac_init_passes_a_stage_input_through() -> None:
+    """A dirac-initialized plain conv starts as the identity on its first in_channels maps."""
+    model = build_model(get_preset("speedrun_2m").model_copy(update={"channels": [8, 16, 16]}))
+    conv = model.layers[1].blocks[0].conv
+    x = torch.randn(2, 16, 7, 7)
+    torch.testing.assert_close(conv(x), x)
+    bn = model.layers[0].bn
+    assert not bn.weight.requires_grad and bn.momentum == 0.4 and bn.eps == 1e-12
+
+
+@pytest.mark.parametrize(
+    "section,match",
+    [
+        ({"preset": "speedrun_2m", "stem_width": 32}, "does not match the whitening stem"),
+        ({"preset": "flagship", "block": "plain", "stage_kinds": ["residual", "conv_pool", "conv_pool"],
+          "block_kernels": [3]}, "block plain has no skip"),
+        ({"preset": "speedrun_2m", "whiten_kernel": 8, "input_size": 4}, "larger than the 4-pixel input"),
+    ],
+)
+def test_inconsistent_speedrun_specs_are_one_line_errors(section: dict, match: str) -> None:
+    with pytest.raises(BudgetnetError, match=match):
+        load_model_section(section)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return write_npz(tmp_path / "easy.npz", make_synthetic({"train": 60, "test": 2}, seed=3))
+
+
+def speedrun_config(data: Path, **train: object):
+    return tiny_run_config(
+        data,
+        data={"input_size": 32},
+        model={"preset": "speedrun_2m", "channels": [8, 16, 16], "classes": 3, "input_size": 32,
+               "blocks": [1, 1, 1]},
+        optim={"name": "muon", "lr": 0.05},
+        train={"batch_size": 40, **train},
+    )
+
+
+def test_train_pflop_counts_three_forward_passes_per_image(tmp_path: Path, data: Path) -> None:
+    cfg = speedrun_config(data, epochs=2)
+    result = engine.train(cfg, tmp_path / "run", quiet=True)
+    s = result.summary
+    flops = summarize(cfg.model).flops
+    assert s["images_seen"] == 2 * (120 // 40) * 40  # drop_last: whole batches of the 120 training images
+    assert s["train_pflop"] == pytest.approx(3 * flops * s["images_seen"] / 1e15)
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert "train_pflop" in rows[0].split(",")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["train_pflop"] == s["train_pflop"]
+
+
+def test_whitening_is_fitted_from_the_training_images(tmp_path: Path, data: Path) -> None:
+    """A run's stem filters come from its data, not from the default init."""
+    result = engine.train(speedrun_config(data, epochs=1), tmp_path / "run", quiet=True)
+    weight = load_checkpoint(result.run_dir / "last.pt")["model"]["stem.conv.weight"]
+    fresh = build_model(speedrun_config(data).model).stem.conv.weight
+    assert not torch.allclose(weight, fresh)
+    torch.testing.assert_close(weight[12:], -weight[:12])
+
+
+def test_micro_batches_of_the_whole_batch_change_nothing(tmp_path: Path, data: Path) -> None:
+    """micro_batch >= batch is one slice: the same run to the bit; smaller slices give the same
+    number of optimizer steps (one per batch)."""
+    plain = engine.train(speedrun_config(data), tmp_path / "plain", quiet=True)
+    whole = engine.train(speedrun_config(data, micro_batch=40), tmp_path / "whole", quiet=True)
+    sliced = engine.train(speedrun_config(data, micro_batch=10), tmp_path / "sliced", quiet=True)
+    assert plain.summary["final_val_acc"] == whole.summary["final_val_acc"]
+    assert plain.summary["train_pflop"] == whole.summary["train_pflop"] == sliced.summary["train_pflop"]
+    assert sliced.summary["steps_run"] == plain.summary["steps_run"]
