@@ -164,7 +164,7 @@ def add_predictions(
         record.notes.append(f"the run's dataset {cfg.data.path} is not here; pass --data PATH for the validation parts")
         return
     record.predictions = predict_checkpoint(
-        record.path, data_path=data_path, split="val", tta=cfg.train.tta if tta is None else tta,
+        record.path, data_path=data_path, split="val", tta=bool(cfg.train.tta) if tta is None else tta,
         batch_size=batch_size, device=device,
     )
     record.calibration = calibration(record.predictions.log_probs, record.predictions.labels)
