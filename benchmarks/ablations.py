@@ -37,8 +37,6 @@ ROWS: dict[str, dict[str, Any]] = {
     "Nesterov SGD lr 0.2 (wd 5e-4, no BN decay) instead of Muon": {
         "optim": {"name": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
                   "no_decay_bn_bias": True}},
-    "no label smoothing": {"train": {"label_smoothing": 0.0}},
-    "random flip instead of alternating": {"augment": {"flip": {"mode": "random"}}},
 }
 BASELINE = next(iter(ROWS))
 
