@@ -26,7 +26,7 @@ import torch
 
 from budgetnet.config import load_config
 from budgetnet.evaluate import evaluate_checkpoint
-from budgetnet.train import train
+from budgetnet.train.engine import train
 
 ROWS: dict[str, dict[str, Any]] = {
     "default recipe (speedrun_2m, Muon)": {},

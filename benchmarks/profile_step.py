@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from budgetnet.models import build_model, get_preset
-from budgetnet.train.engine import autocast_dtype
+from budgetnet.runtime import autocast_dtype
 
 GROUPS = {
     "convolution": ("conv", "mkldnn_convolution"),

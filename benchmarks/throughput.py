@@ -1,7 +1,7 @@
 """Training throughput: budgetnet's training step against the seeds' plain PyTorch loop.
 
 For each model (default: the flagship and seed 002's ResNet26-B453):
-- budgetnet: the real `budgetnet.train.train` path (device-resident uint8 data, batched
+- budgetnet: the real `budgetnet.train.engine.train` path (device-resident uint8 data, batched
   crop+flip, precision auto, channels_last), two epochs over `--images` images; the second
   epoch's training seconds give images/s, so one-time warm-up (oneDNN primitive creation,
   compilation) is excluded. The warm-up step's seconds (with --compile: the compile time) are
@@ -39,8 +39,8 @@ from loader_throughput import PerSampleDataset  # noqa: E402  (same per-sample p
 from budgetnet.config import load_config  # noqa: E402
 from budgetnet.data import DataConfig, prepare_data  # noqa: E402
 from budgetnet.models import build_model, get_preset, summarize  # noqa: E402
-from budgetnet.train import train  # noqa: E402
-from budgetnet.train.engine import autocast_dtype  # noqa: E402
+from budgetnet.runtime import autocast_dtype  # noqa: E402
+from budgetnet.train.engine import train  # noqa: E402
 
 
 def budgetnet_rate(preset: str, data: str, images: int, batch: int, compile: bool) -> tuple[float, str, float]:

@@ -23,8 +23,8 @@ import statistics
 from pathlib import Path
 
 from budgetnet.config import load_config
-from budgetnet.train import train
 from budgetnet.train.callbacks import read_metrics
+from budgetnet.train.engine import train
 
 THRESHOLDS = (0.88, 0.90, 0.91, 0.92, 0.93)
 

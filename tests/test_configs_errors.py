@@ -12,7 +12,7 @@ from conftest import make_synthetic, write_npz
 from budgetnet.cli import main
 from budgetnet.config import load_config
 from budgetnet.errors import BudgetnetError
-from budgetnet.train.rundir import RunLock
+from budgetnet.files import DirLock
 
 TINY = ["--blocks", "1", "--channels", "8", "--classes", "3", "--threads", "1", "--device", "cpu", "--quiet"]
 
@@ -139,7 +139,7 @@ def test_resume_of_a_run_in_use(capsys, npz: Path, tmp_path: Path) -> None:
     assert main(["train", "--data", str(npz), *TINY, "--val-size", "3", "--epochs", "1", "--batch-size", "9",
                  "--out", str(out)]) == 0
     capsys.readouterr()
-    with RunLock(out):  # another process training into it
+    with DirLock(out):  # another process training into it
         line = fails(capsys, "train", "--resume", out)
     assert "in use by pid" in line
 

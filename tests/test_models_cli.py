@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import budgetnet.models
 from budgetnet.cli import main
-from budgetnet.cli import models as cli_models
 from budgetnet.models import PRESETS, list_presets
 
 
@@ -89,7 +89,7 @@ def test_zoo_json(capsys) -> None:
 def test_zoo_table(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     # A few presets are enough for the table; summarizing all of them twice is slow on CPU.
     few = [PRESETS["seed000_1111"], PRESETS["seed002_resnet26_b453"]]
-    monkeypatch.setattr(cli_models, "list_presets", lambda: few)
+    monkeypatch.setattr(budgetnet.models, "list_presets", lambda: few)  # the zoo command looks it up when run
     code, out, _ = run(capsys, "zoo")
     assert code == 0 and "seed002_resnet26_b453" in out and "resnet26_b453" in out
     assert "+2,560" in out and "claimed 4,900,682" in out

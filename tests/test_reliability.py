@@ -53,12 +53,9 @@ class Env:
     env: dict[str, str]
 
     def start(self, args: list[str], log: str) -> subprocess.Popen:
-        out = open(self.root / f"{log}.out", "w")
-        err = open(self.root / f"{log}.err", "w")
-        proc = subprocess.Popen([*CLI, *args], stdout=out, stderr=err, env=self.env, cwd=self.root)
-        out.close()
-        err.close()
-        return proc
+        # The child keeps its own copies of the two descriptors; ours close when it has started.
+        with open(self.root / f"{log}.out", "w") as out, open(self.root / f"{log}.err", "w") as err:
+            return subprocess.Popen([*CLI, *args], stdout=out, stderr=err, env=self.env, cwd=self.root)
 
     def fresh(self, run: Path, log: str) -> subprocess.Popen:
         return self.start(["train", "--data", str(self.data), *TRAIN_ARGS, "--out", str(run)], log)

@@ -10,8 +10,8 @@ accuracy, so some images are wrong) are trained once for the module.
 from __future__ import annotations
 
 import base64
-import io
 import csv
+import io
 import json
 import re
 import shutil
@@ -143,10 +143,10 @@ def test_pflop_axis_from_the_summary_or_the_metrics(runs: tuple[Path, Path], tmp
     run = tmp_path / "run"
     shutil.copytree(runs[0], run)
     summary = json.loads((run / "summary.json").read_text())
-    recorded = [float(row["train_pflop"]) for row in csv.DictReader(open(run / "metrics.csv"))]
+    recorded = [float(row["train_pflop"]) for row in csv.DictReader((run / "metrics.csv").read_text().splitlines())]
     assert load_run(run).pflop_axis == pytest.approx(recorded, rel=1e-5) and recorded[-1] == pytest.approx(summary["train_pflop"], rel=1e-5)
     # A run that recorded no per-epoch compute: none, or split from the summary by steps.
-    metrics = list(csv.DictReader(open(run / "metrics.csv")))
+    metrics = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
     columns = [c for c in metrics[0] if c != "train_pflop"]
     (run / "metrics.csv").write_text("\n".join([",".join(columns)] + [
         ",".join(row[c] for c in columns) for row in metrics]) + "\n")

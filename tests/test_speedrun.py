@@ -117,15 +117,13 @@ def test_micro_batches_of_the_whole_batch_change_nothing(tmp_path: Path, data: P
 
 
 def test_tta_final_augments_only_the_last_validation(tmp_path: Path, data: Path, monkeypatch) -> None:
-    import budgetnet.evaluate as evaluate
-
     seen: list[bool] = []
-    real = evaluate.evaluate_loader
+    real = engine.evaluate_loader
 
     def spy(model, batches, **kwargs):
         seen.append(kwargs["tta"])
         return real(model, batches, **kwargs)
 
-    monkeypatch.setattr(evaluate, "evaluate_loader", spy)
+    monkeypatch.setattr(engine, "evaluate_loader", spy)
     engine.train(speedrun_config(data, epochs=3, tta="final"), tmp_path / "run", quiet=True)
     assert seen == [False, False, True]

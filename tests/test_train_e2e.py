@@ -19,9 +19,9 @@ import yaml
 from conftest import make_synthetic, write_npz
 from PIL import Image
 
+from budgetnet import runtime
 from budgetnet.cli import main
 from budgetnet.config import load_config, recipe_mapping
-from budgetnet.train import engine
 from budgetnet.train.callbacks import METRIC_COLUMNS
 from budgetnet.train.checkpoint import load_checkpoint
 
@@ -104,7 +104,7 @@ def test_train_synthetic_run_directory(tmp_path: Path, easy_npz: Path, capsys) -
     accs = [r["val_acc"] for r in rows]
     assert summary["best_epoch"] == accs.index(max(accs)) + 1  # chosen on validation
     # precision auto on a CPU: bf16 only where the CPU runs it natively.
-    assert summary["precision"] == ("bfloat16" if engine.cpu_has_native_bf16() else "fp32")
+    assert summary["precision"] == ("bfloat16" if runtime.cpu_has_native_bf16() else "fp32")
 
     best = load_checkpoint(out / "best.pt")
     assert best["epoch"] == summary["best_epoch"] and best["val_acc"] == summary["best_val_acc"]
@@ -173,20 +173,20 @@ def test_no_validation_split_keeps_the_latest_epoch(tmp_path: Path, easy_npz: Pa
 
 @pytest.mark.parametrize("native", [True, False])
 def test_precision_auto_on_cpu_follows_native_bf16(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
-    assert engine.autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
+    assert runtime.autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
     # Explicit choices are honoured whatever the CPU.
-    assert engine.autocast_dtype("fp32", cpu) is None
-    assert engine.autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert runtime.autocast_dtype("fp32", cpu) is None
+    assert runtime.autocast_dtype("bf16", cpu) == torch.bfloat16
 
 
 def test_cpu_has_native_bf16_matches_the_cpu_probes() -> None:
     probes = [getattr(torch.cpu, name, lambda: False)() for name in
               ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    assert engine.cpu_has_native_bf16() is any(probes)
+    assert runtime.cpu_has_native_bf16() is any(probes)
     expected = torch.bfloat16 if any(probes) else None
-    assert engine.autocast_dtype("auto", torch.device("cpu")) == expected
+    assert runtime.autocast_dtype("auto", torch.device("cpu")) == expected
 
 
 @pytest.mark.realdata

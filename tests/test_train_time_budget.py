@@ -13,6 +13,7 @@ from conftest import make_synthetic, write_npz
 from test_train_resume import assert_same_history, assert_same_weights, metrics, tiny_config, train_whole_and_cut
 
 from budgetnet.cli import main
+from budgetnet.config import TrainConfig
 from budgetnet.train import engine
 from budgetnet.train.checkpoint import load_checkpoint
 from budgetnet.train.schedules import ScheduleConfig, lr_factor
@@ -95,8 +96,8 @@ def test_a_new_plan_moves_the_schedule_at_once(tmp_path: Path, data: Path) -> No
 @pytest.mark.parametrize("off", ["none", "off", "null", 1e9])
 def test_a_budget_can_be_lifted(off: object) -> None:
     """`--time-budget none|off` (or any value beyond a year) means no time budget."""
-    assert engine.TrainConfig(time_budget_s=off).time_budget_s is None
-    assert engine.TrainConfig(time_budget_s=300).time_budget_s == 300
+    assert TrainConfig(time_budget_s=off).time_budget_s is None
+    assert TrainConfig(time_budget_s=300).time_budget_s == 300
 
 
 def test_a_slower_pace_than_timed_shrinks_the_plan(tmp_path: Path, data: Path, monkeypatch) -> None:

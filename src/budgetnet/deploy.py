@@ -38,9 +38,9 @@ from budgetnet.data.sources import Resize
 from budgetnet.data.splits import stratified_subset
 from budgetnet.errors import BudgetnetError, one_line, warn
 from budgetnet.evaluate import EvalResult, eval_data_config, evaluate_loader, find_checkpoint, load_split
+from budgetnet.files import atomic_write_bytes, write_json
 from budgetnet.models import build_model, count_params
-from budgetnet.train.checkpoint import atomic_write_bytes, load_checkpoint
-from budgetnet.train.rundir import write_json
+from budgetnet.train.checkpoint import load_checkpoint
 
 FP32_FILE, INT8_FILE, REPORT_FILE = "model.onnx", "model-int8.onnx", "model.json"
 INPUT_FORMAT = "float32 RGB, N x 3 x H x W, values in [0, 1] (pixel / 255); normalization is in the graph"

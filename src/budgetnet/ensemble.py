@@ -42,10 +42,16 @@ from torch import nn
 
 from budgetnet.errors import BudgetnetError
 from budgetnet.evaluate import (
-    EvalResult, TrainedModel, eval_data_config, eval_device, load_split, load_trained, predict_trained,
+    EvalResult,
+    TrainedModel,
+    eval_data_config,
+    load_split,
+    load_trained,
+    predict_trained,
 )
+from budgetnet.files import write_json
 from budgetnet.models import summarize
-from budgetnet.train.rundir import write_json
+from budgetnet.runtime import resolve_device
 
 MANIFEST_FORMAT, MANIFEST_VERSION = "budgetnet-ensemble", 1
 # Data settings that decide which images form the validation split.
@@ -191,7 +197,7 @@ def evaluate_members(
                     "differ); compare them on --split test, or ensemble runs trained with the same split settings"
                 )
     data_cfg = eval_data_config(first.config, data_path, split)
-    x, y = load_split(data_cfg, split, first.classes, eval_device(device))
+    x, y = load_split(data_cfg, split, first.classes, resolve_device(device))
     log_probs = torch.stack([predict_trained(m, x, y, tta=tta, batch_size=batch_size) for m in members])
     labels = y.cpu()
     rows = []

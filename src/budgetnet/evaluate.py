@@ -1,17 +1,18 @@
 """Accuracy, loss, per-class accuracy and the confusion matrix of a trained model.
 
 `evaluate_loader` is what training calls on the validation split every epoch;
-`evaluate_checkpoint` is what `budgetnet evaluate` calls on a run directory, a best.pt or an
-exported .onnx, through `predict_checkpoint`, which keeps every image's log-probabilities (for
-reports and ensembles).
+`evaluate_checkpoint` is what `budgetnet evaluate` calls on a run directory or a best.pt,
+through `predict_checkpoint`, which keeps every image's log-probabilities (for reports and
+ensembles). An exported .onnx is evaluated by `budgetnet.deploy`, which builds on this module.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,10 +21,11 @@ from torch import nn
 from budgetnet.config import RunConfig
 from budgetnet.data import DataConfig, DeviceLoader, Split, prepare_data
 from budgetnet.errors import BudgetnetError
+from budgetnet.files import atomic_write_bytes
 from budgetnet.models import build_model
 from budgetnet.plots import figure_png, pyplot
-from budgetnet.train.checkpoint import atomic_write_bytes, load_checkpoint
-from budgetnet.train.engine import autocast_dtype, resolve_device, use_channels_last
+from budgetnet.runtime import autocast_dtype, resolve_device, use_channels_last
+from budgetnet.train.checkpoint import load_checkpoint
 
 
 @dataclass
@@ -149,9 +151,6 @@ def _out_features(model: nn.Module) -> int:
     return spec.classes
 
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
 def _names(classes: list[str], most: int = 10) -> str:
     shown = ", ".join(classes[:most]) + (f", ... ({len(classes)} in all)" if len(classes) > most else "")
     return f"[{shown}]"
@@ -220,13 +219,6 @@ def load_split(data_cfg: DataConfig, split: str, classes: list[str], device: tor
     return getattr(data, split)
 
 
-def eval_device(device: str) -> torch.device:
-    """A --device value, checked and resolved (auto: cuda, mps, cpu)."""
-    if device not in DEVICES:
-        raise BudgetnetError(f"device {device!r} is not one of {', '.join(DEVICES)}")
-    return resolve_device(device)
-
-
 @dataclass
 class Predictions:
     """Every image of a split: log-probabilities (N, classes, CPU), labels (CPU), the uint8
@@ -257,7 +249,7 @@ def predict_checkpoint(
     subset, fold), so it is exactly the split the run validated on."""
     trained = load_trained(checkpoint)
     data_cfg = eval_data_config(trained.config, data_path, split)
-    x, y = load_split(data_cfg, split, trained.classes, eval_device(device))
+    x, y = load_split(data_cfg, split, trained.classes, resolve_device(device))
     info = {"checkpoint": str(trained.checkpoint), "split": split, "tta": tta, "data": data_cfg.path,
             "epoch": trained.epoch}
     return Predictions(predict_trained(trained, x, y, tta=tta, batch_size=batch_size), y.cpu(), x, trained.classes, info)
@@ -283,12 +275,7 @@ def predict_trained(
 def evaluate_checkpoint(checkpoint: Path, **options: Any) -> tuple[EvalResult, dict[str, Any]]:
     """Evaluate a saved model on the validation split it was trained with, or on a test split;
     `options` are predict_checkpoint's (data_path, split, tta, batch_size, device). An exported
-    .onnx is run by onnxruntime on the CPU (`budgetnet.deploy`)."""
-    if find_checkpoint(checkpoint).suffix.lower() == ".onnx":
-        from budgetnet.deploy import evaluate_onnx  # optional extra: imported only for .onnx
-
-        options.pop("device", None)
-        return evaluate_onnx(find_checkpoint(checkpoint), **options)
+    .onnx is `budgetnet.deploy.evaluate_onnx`'s."""
     predictions = predict_checkpoint(checkpoint, **options)
     return predictions.result, predictions.info
 

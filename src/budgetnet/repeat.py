@@ -28,9 +28,8 @@ import numpy as np
 
 from budgetnet.config import RunConfig, build_config, read_yaml_mapping
 from budgetnet.errors import BudgetnetError
-from budgetnet.train.checkpoint import atomic_write_bytes
+from budgetnet.files import atomic_write_bytes, write_json
 from budgetnet.train.engine import train
-from budgetnet.train.rundir import write_json
 
 PLAN, SUMMARY_JSON, SUMMARY_MD = "repeat.json", "summary.json", "summary.md"
 METRICS = {"final_val_acc": "final validation accuracy", "best_val_acc": "best validation accuracy"}

@@ -33,11 +33,11 @@ import budgetnet
 from budgetnet.config import RunConfig, build_config, dump_config, read_yaml_mapping
 from budgetnet.errors import BudgetnetError
 from budgetnet.evaluate import EvalResult, Predictions, confusion_png, predict_checkpoint
+from budgetnet.files import atomic_write_bytes
 from budgetnet.models import summarize
 from budgetnet.models.budget import ModelSummary
 from budgetnet.plots import figure_png, pyplot
 from budgetnet.train.callbacks import read_metrics
-from budgetnet.train.checkpoint import atomic_write_bytes
 from budgetnet.train.engine import BEST
 
 CALIBRATION_BINS = 15

@@ -15,9 +15,6 @@ workers given the same SQLAlchemy URL (e.g. PostgreSQL) share one study.
 from __future__ import annotations
 
 import copy
-import csv
-import fcntl
-import io
 import json
 import math
 import os
@@ -36,13 +33,29 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from budgetnet.config import DEFAULT_RECIPE, RunConfig, build_config, deep_merge, dump_config, load_config, read_yaml_mapping
+from budgetnet.config import (
+    DEFAULT_RECIPE,
+    RunConfig,
+    build_config,
+    deep_merge,
+    dump_config,
+    load_config,
+    read_yaml_mapping,
+)
 from budgetnet.errors import BudgetnetError
-from budgetnet.models import Budget, ResNetSpec, count_params, fit_to_budget, format_validation_error, parse_budget, summarize
+from budgetnet.files import DirLock, atomic_write_bytes, write_csv, write_json, write_png
+from budgetnet.models import (
+    Budget,
+    ResNetSpec,
+    count_params,
+    fit_to_budget,
+    format_validation_error,
+    parse_budget,
+    summarize,
+)
 from budgetnet.models.spec import BOTTLENECK_EXPANSION, validate_spec
-from budgetnet.plots import figure_png, pyplot
+from budgetnet.plots import pyplot
 from budgetnet.train.callbacks import read_metrics
-from budgetnet.train.checkpoint import atomic_write_bytes
 from budgetnet.train.engine import BEST, LAST, PREVIOUS, TrainingInterrupted, train
 from budgetnet.train.tracking import check_trackers
 
@@ -486,18 +499,6 @@ def _make_pruner(name: str, max_epochs: int | str) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive flock: workers starting together on one machine must not both create the
-    SQLite schema or the study."""
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _hide_password(url: str) -> str:
     try:
         return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
@@ -513,7 +514,8 @@ def _open_study(
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     leftovers = (out / "trials").is_dir() and any((out / "trials").iterdir())  # before counting: see below
     try:
-        with _locked(out / ".study.lock"):
+        # Workers starting together on one machine must not both create the SQLite schema or the study.
+        with DirLock(out, name=".study.lock", wait=True):
             storage = optuna.storages.RDBStorage(
                 url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
                 heartbeat_stale_trial_callback=lambda study, trial: _requeue(study, trial.number, trial.params),
@@ -717,24 +719,18 @@ def write_report(study: optuna.Study, out: Path, url: str) -> SearchResult:
         best["config"] = str(path)
     result = SearchResult(out, study.study_name, _hide_password(url), rows, best, importance, note, files)
     files["summary_json"] = str(out / "summary.json")
-    atomic_write_bytes(out / "summary.json", (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+    write_json(out / "summary.json", result.to_dict())
     return result
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     names = list(dict.fromkeys(name for row in rows for name in row["values"]))
     columns = ["rank", "trial", "state", "val_acc", "params", "flops", "epochs", "train_seconds", "pareto", "note", "run_dir"]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns + names)
-    for row in rows:
-        cells = ["" if row[c] is None else f"{row[c]:.6g}" if isinstance(row[c], float) else row[c] for c in columns]
-        writer.writerow(cells + [row["values"].get(n, "") for n in names])
-    atomic_write_bytes(path, buf.getvalue().encode())
-
-
-def _save_figure(fig: Any, path: Path) -> None:
-    atomic_write_bytes(path, figure_png(fig))
+    write_csv(path, columns + names, (
+        ["" if row[c] is None else f"{row[c]:.6g}" if isinstance(row[c], float) else row[c] for c in columns]
+        + [row["values"].get(n, "") for n in names]
+        for row in rows
+    ))
 
 
 def _plot_pareto(path: Path, rows: list[dict[str, Any]], budget: int | None) -> None:
@@ -764,7 +760,7 @@ def _plot_pareto(path: Path, rows: list[dict[str, Any]], budget: int | None) -> 
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    _save_figure(fig, path)
+    write_png(path, fig)
 
 
 def _importance(study: optuna.Study) -> tuple[dict[str, float] | None, str | None]:
@@ -794,7 +790,7 @@ def _plot_importance(path: Path, importance: dict[str, float]) -> None:
     ax.barh(names, [importance[n] for n in names], color="tab:blue")
     ax.set(xlabel="importance for reaching the best validation accuracies (PED-ANOVA)", title="Parameter importance")
     ax.grid(axis="x", alpha=0.3)
-    _save_figure(fig, path)
+    write_png(path, fig)
 
 
 def _print_trial(study: optuna.Study, t: FrozenTrial) -> None:

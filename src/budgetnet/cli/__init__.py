@@ -1,7 +1,9 @@
 """The `budgetnet` command. Thin: parse flags, call the library, print.
 
-Each command group lives in its own module and registers itself on `app`; `main()` is the
-one place that turns user errors into a single line on stderr and exit code 2.
+Each command group lives in its own module and registers itself on `app` (`cli/_app.py`);
+`main()` is the one place that turns user errors into a single line on stderr and exit code 2.
+Command modules import the library inside their commands, not at the top: it imports torch,
+which `budgetnet --help` does not need (tests/test_layers.py holds that to it).
 """
 
 from __future__ import annotations
@@ -10,26 +12,23 @@ import sys
 
 import typer
 
+from budgetnet.cli._app import app
 from budgetnet.errors import BudgetnetError, one_line
 
-app = typer.Typer(
-    name="budgetnet",
-    help="Design, train and ship the most accurate ResNet that fits a parameter budget.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
+# Imported for their `@app.command()` registrations, so `app` is complete; in the order
+# `budgetnet --help` lists the commands.
+# isort: off
+from budgetnet.cli import models as _models  # noqa: F401
+from budgetnet.cli import data as _data  # noqa: F401
+from budgetnet.cli import train as _train  # noqa: F401
+from budgetnet.cli import search as _search  # noqa: F401
+from budgetnet.cli import deploy as _deploy  # noqa: F401
+from budgetnet.cli import ensemble as _ensemble  # noqa: F401
+from budgetnet.cli import report as _report  # noqa: F401
+from budgetnet.cli import repeat as _repeat  # noqa: F401
+# isort: on
 
-# Command modules register on `app` at import; imported here so `app` is complete.
-from budgetnet.cli import models as _models  # noqa: E402,F401
-from budgetnet.cli import data as _data  # noqa: E402,F401
-from budgetnet.cli import train as _train  # noqa: E402,F401
-from budgetnet.cli import search as _search  # noqa: E402,F401
-from budgetnet.cli import deploy as _deploy  # noqa: E402,F401
-from budgetnet.cli import ensemble as _ensemble  # noqa: E402,F401
-from budgetnet.cli import report as _report  # noqa: E402,F401
-from budgetnet.cli import repeat as _repeat  # noqa: E402,F401
+__all__ = ["app", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:

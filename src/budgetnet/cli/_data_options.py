@@ -7,28 +7,28 @@ defaults). Importing this module stays cheap: it does not import torch.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 import typer
 
-DataPathOpt = Annotated[Optional[str], typer.Option(
+DataPathOpt = Annotated[str | None, typer.Option(
     "--data", metavar="PATH",
     help="Dataset: a cifar-10-batches-py folder or cifar-10-python.tar.gz, an image folder or "
          ".zip (<split>/<class>/<image> or <class>/<image>), or an .npz with x/y arrays.")]
 DownloadOpt = Annotated[bool, typer.Option(
     "--download", help="Fetch CIFAR-10 (python version) into the --data folder if it is not "
                        "there yet (default folder: the cache).")]
-ResizeOpt = Annotated[Optional[Literal["stretch", "center-crop"]], typer.Option(
+ResizeOpt = Annotated[Literal["stretch", "center-crop"] | None, typer.Option(
     "--resize", help="How to fit images whose size differs from the input size; without it "
                      "they are an error.")]
-InputSizeOpt = Annotated[Optional[int], typer.Option(
+InputSizeOpt = Annotated[int | None, typer.Option(
     "--input-size", min=1, help="Image side length the model takes [default: 32].")]
-ValSizeOpt = Annotated[Optional[int], typer.Option(
+ValSizeOpt = Annotated[int | None, typer.Option(
     "--val-size", min=0, help="Stratified validation images carved from train; 0 trains on "
                               "everything [default: 5000].")]
-SplitSeedOpt = Annotated[Optional[int], typer.Option(
+SplitSeedOpt = Annotated[int | None, typer.Option(
     "--split-seed", help="Seed of the validation split and of --subset [default: 0].")]
-SubsetOpt = Annotated[Optional[int], typer.Option(
+SubsetOpt = Annotated[int | None, typer.Option(
     "--subset", min=1, help="Use a stratified sample of N training images (the validation "
                             "split is then carved from it), for quick runs.")]
 NoCacheOpt = Annotated[bool, typer.Option(

@@ -2,18 +2,22 @@
 
 A command declares the ones it wants as parameters, e.g. ``blocks: BlocksOption = None``,
 and hands them to `spec_from_cli`; flags override whatever `--preset` or `--config` gave.
+Importing this module does not import torch (`budgetnet.models` does, so it is imported
+where a spec is made), which keeps `budgetnet --help` fast.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from budgetnet.errors import BudgetnetError
-from budgetnet.models.spec import ResNetSpec, model_mapping, validate_spec
+
+if TYPE_CHECKING:
+    from budgetnet.models import ResNetSpec
 
 PresetOption = Annotated[str | None, typer.Option("--preset", help="A zoo preset (see `budgetnet zoo`).")]
 ConfigOption = Annotated[
@@ -113,6 +117,8 @@ def read_model_section(path: Path) -> dict[str, Any]:
 
 def model_fields_from_cli(preset: str | None, config_path: Path | None, **flag_values: Any) -> dict[str, Any]:
     """Unvalidated spec fields: the preset's or config's, with the given flags laid over."""
+    from budgetnet.models.zoo import model_mapping
+
     if preset is not None and config_path is not None:
         raise BudgetnetError("give --preset or --config, not both (a config may say preset: NAME)")
     section: dict[str, Any] = {}
@@ -126,6 +132,8 @@ def model_fields_from_cli(preset: str | None, config_path: Path | None, **flag_v
 def spec_from_cli(preset: str | None, config_path: Path | None, **flag_values: Any) -> ResNetSpec:
     """The model the flags choose: `--preset` or `--config`, then any flag overrides; or a
     spec from flags alone (then ``--blocks`` and ``--channels`` are required)."""
+    from budgetnet.models.spec import validate_spec
+
     fields = model_fields_from_cli(preset, config_path, **flag_values)
     if preset is None and config_path is None and not {"blocks", "channels"} <= fields.keys():
         raise BudgetnetError(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from budgetnet.cli import app
+from budgetnet.cli._app import app
 from budgetnet.cli._data_options import (
     DataPathOpt,
     DownloadOpt,
@@ -111,7 +111,7 @@ def _print(report: dict[str, Any]) -> None:
 
 @data_app.command("clear-cache")
 def clear_cache_command(
-    cache_dir: Annotated[Optional[str], typer.Option(
+    cache_dir: Annotated[str | None, typer.Option(
         "--cache-dir", help="Cache folder [default: $BUDGETNET_CACHE or ~/.cache/budgetnet].")]
     = None,
 ) -> None:

@@ -6,11 +6,11 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from budgetnet.cli import app
+from budgetnet.cli._app import app
 from budgetnet.cli._data_options import DataPathOpt, ResizeOpt
 from budgetnet.errors import BudgetnetError, warn
 
@@ -21,13 +21,13 @@ if TYPE_CHECKING:
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="A run directory (its best.pt) or a checkpoint file.")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder [default: export/ beside the checkpoint].")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder [default: export/ beside the checkpoint].")] = None,
     fmt: Annotated[Literal["onnx"], typer.Option("--format", help="Export format.")] = "onnx",
     int8: Annotated[bool, typer.Option("--int8", help="Also write model-int8.onnx (static int8 quantization) and compare it with fp32.")] = False,
-    opset: Annotated[Optional[int], typer.Option("--opset", min=1, help="ONNX opset [default: the exporter's].")] = None,
+    opset: Annotated[int | None, typer.Option("--opset", min=1, help="ONNX opset [default: the exporter's].")] = None,
     last: Annotated[bool, typer.Option("--last", help="Export the run's last.pt instead of its best.pt.")] = False,
     data: DataPathOpt = None,
-    split: Annotated[Optional[str], typer.Option("--split", help="Images to verify and evaluate on: val, test or train [default: val, or train when the run has no validation split].")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Images to verify and evaluate on: val, test or train [default: val, or train when the run has no validation split].")] = None,
     calibration_images: Annotated[int, typer.Option("--calibration-images", min=1, help="Training images (stratified) that calibrate int8.")] = 300,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the calibration and verification samples.")] = 0,
     verify_images: Annotated[int, typer.Option("--verify-images", min=1, help="Images on which ONNX Runtime must match PyTorch.")] = 512,

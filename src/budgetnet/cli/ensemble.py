@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from budgetnet.cli import app
+from budgetnet.cli._app import app
 from budgetnet.cli._eval_options import BatchSizeOpt, DeviceOpt, JsonOpt, SplitOpt, TtaOpt, check_split
 
 
@@ -19,7 +19,7 @@ def ensemble(
     split: SplitOpt = "val",
     tta: TtaOpt = False,
     weighted: Annotated[bool, typer.Option("--weighted", help="Weight members by their validation accuracy.")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write the ensemble manifest here (.json), for budgetnet evaluate.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the ensemble manifest here (.json), for budgetnet evaluate.")] = None,
     batch_size: BatchSizeOpt = 1000,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,

@@ -11,7 +11,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from budgetnet.cli import app
+from budgetnet.cli._app import app
 from budgetnet.cli._model_options import (
     ActivationOption,
     BlockKernelsOption,
@@ -35,11 +35,10 @@ from budgetnet.cli._model_options import (
     spec_from_cli,
 )
 from budgetnet.errors import BudgetnetError
-from budgetnet.models import count_params, fit_to_budget, list_presets, parse_budget, summarize
-from budgetnet.models.budget import DEFAULT_BUDGET
 
+# The library is imported inside the commands: it imports torch, which `--help` does not need.
 BudgetOption = Annotated[
-    str, typer.Option("--budget", help="Parameter budget: 5M, 4.5e6, 500k or 5000000.")
+    str | None, typer.Option("--budget", help="Parameter budget: 5M, 4.5e6, 500k or 5000000 [default: 5M].")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
@@ -60,6 +59,12 @@ def _si(value: float) -> str:
         if value >= scale:
             return f"{value / scale:.2f} {unit}"
     return f"{value:.0f}"
+
+
+def _budget(text: str | None) -> int:
+    from budgetnet.models.budget import DEFAULT_BUDGET, parse_budget
+
+    return DEFAULT_BUDGET if text is None else parse_budget(text)
 
 
 def _budget_line(params: int, budget: int) -> str:
@@ -87,10 +92,12 @@ def summary(
     dropout: DropoutOption = None,
     input_size: InputSizeOption = None,
     head_scale: HeadScaleOption = None,
-    budget: BudgetOption = str(DEFAULT_BUDGET),
+    budget: BudgetOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Per-layer table, trainable params, FLOPs per image, size and budget fit of a model."""
+    from budgetnet.models import summarize
+
     spec = spec_from_cli(
         preset,
         config,
@@ -110,7 +117,7 @@ def summary(
         input_size=input_size,
         head_scale=head_scale,
     )
-    result = summarize(spec, parse_budget(budget))
+    result = summarize(spec, _budget(budget))
     if as_json:
         _echo_json(result.to_dict())
         return
@@ -135,9 +142,11 @@ def summary(
 
 
 @app.command()
-def zoo(budget: BudgetOption = str(DEFAULT_BUDGET), as_json: JsonOption = False) -> None:
+def zoo(budget: BudgetOption = None, as_json: JsonOption = False) -> None:
     """Every preset: what it really counts vs what its report claims."""
-    limit = parse_budget(budget)
+    from budgetnet.models import list_presets, summarize
+
+    limit = _budget(budget)
     entries = []
     for preset in list_presets():
         result = summarize(preset.spec, limit)
@@ -228,11 +237,13 @@ def fit(
     dropout: DropoutOption = None,
     input_size: InputSizeOption = None,
     head_scale: HeadScaleOption = None,
-    budget: BudgetOption = str(DEFAULT_BUDGET),
+    budget: BudgetOption = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write the spec here as YAML (for --config).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Fit a network shape to a parameter budget and print (or save) its spec as YAML."""
+    from budgetnet.models import count_params, fit_to_budget
+
     if mode not in ("width", "depth"):
         raise BudgetnetError(f"--mode {mode!r} must be width or depth")
     # --blocks/--channels go to the fit itself: in depth mode --blocks is the starting depth.
@@ -254,7 +265,7 @@ def fit(
         head_scale=head_scale,
     )
     shape = model_overrides(blocks=blocks, channels=channels)
-    limit = parse_budget(budget)
+    limit = _budget(budget)
     spec = fit_to_budget(
         limit,
         mode=mode,  # type: ignore[arg-type]

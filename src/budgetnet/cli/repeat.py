@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from budgetnet.cli import app
+from budgetnet.cli._app import app
 from budgetnet.cli.train import options_config
 from budgetnet.errors import BudgetnetError
 
@@ -20,9 +20,9 @@ from budgetnet.errors import BudgetnetError
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def repeat(
     ctx: typer.Context,
-    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seeds to train, e.g. 0,1,2.")] = None,
-    folds: Annotated[Optional[int], typer.Option("--folds", help="K-fold cross validation: train K runs, each validating on one fold.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Repeat folder [default: repeats/<name>-seeds|folds].")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Seeds to train, e.g. 0,1,2.")] = None,
+    folds: Annotated[int | None, typer.Option("--folds", help="K-fold cross validation: train K runs, each validating on one fold.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Repeat folder [default: repeats/<name>-seeds|folds].")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print summary.json instead of the table.")] = False,
 ) -> None:
     """Train one config several times (--seeds 0,1,2, or --folds K) into one folder and write the

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from budgetnet.cli import app
+from budgetnet.cli._app import app
 from budgetnet.cli._data_options import DataPathOpt
 from budgetnet.cli._eval_options import BatchSizeOpt, DeviceOpt
 
@@ -17,7 +17,7 @@ def report(
     runs: Annotated[list[Path], typer.Argument(help="One or more run directories.")],
     out: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path("report.html"),
     data: DataPathOpt = None,
-    tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="TTA for the validation parts [default: as each run validated].")] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="TTA for the validation parts [default: as each run validated].")] = None,
     wrong: Annotated[int, typer.Option("--wrong", min=0, help="How many confidently wrong images to show per run.")] = 24,
     batch_size: BatchSizeOpt = 1000,
     device: DeviceOpt = "auto",

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from budgetnet.cli import app
+from budgetnet.cli._app import app
 from budgetnet.cli._data_options import DataPathOpt, DownloadOpt, SubsetOpt, ValSizeOpt, data_overrides
 from budgetnet.errors import BudgetnetError
 
@@ -22,21 +22,21 @@ if TYPE_CHECKING:
 @app.command()
 def search(
     space: Annotated[Path, typer.Option("--space", help="Space file (YAML); see configs/search/.")],
-    budget: Annotated[Optional[str], typer.Option("--budget", help="Parameter budget, e.g. 5M [default: the space file's].")] = None,
-    trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="Finished trials the study should hold; trials already in it count.")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs per trial (the most a pruner lets one run).")] = None,
-    storage: Annotated[Optional[str], typer.Option("--storage", help="SQLAlchemy URL of the study [default: sqlite:///OUT/study.db]; share one (e.g. postgresql://...) to run workers on several machines.")] = None,
-    study: Annotated[Optional[str], typer.Option("--study", help="Study name [default: the space file's name].")] = None,
+    budget: Annotated[str | None, typer.Option("--budget", help="Parameter budget, e.g. 5M [default: the space file's].")] = None,
+    trials: Annotated[int | None, typer.Option("--trials", min=1, help="Finished trials the study should hold; trials already in it count.")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Epochs per trial (the most a pruner lets one run).")] = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="SQLAlchemy URL of the study [default: sqlite:///OUT/study.db]; share one (e.g. postgresql://...) to run workers on several machines.")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study name [default: the space file's name].")] = None,
     data: DataPathOpt = None,
     download: DownloadOpt = False,
     subset: SubsetOpt = None,
     val_size: ValSizeOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Search directory [default: searches/<study>].")] = None,
-    sampler: Annotated[Optional[str], typer.Option("--sampler", help="tpe, random or grid [default: the space file's, else tpe].")] = None,
-    pruner: Annotated[Optional[str], typer.Option("--pruner", help="hyperband, halving or none [default: the space file's, else hyperband].")] = None,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", min=0, help="Start no new trial after this many seconds.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Sampler seed (leave unset when several workers share a study).")] = None,
-    log: Annotated[Optional[list[str]], typer.Option("--log", help="Experiment tracker of every trial: tensorboard (in each trial's run directory).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Search directory [default: searches/<study>].")] = None,
+    sampler: Annotated[str | None, typer.Option("--sampler", help="tpe, random or grid [default: the space file's, else tpe].")] = None,
+    pruner: Annotated[str | None, typer.Option("--pruner", help="hyperband, halving or none [default: the space file's, else hyperband].")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=0, help="Start no new trial after this many seconds.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Sampler seed (leave unset when several workers share a study).")] = None,
+    log: Annotated[list[str] | None, typer.Option("--log", help="Experiment tracker of every trial: tensorboard (in each trial's run directory).")] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Rows of the printed table.")] = 20,
     verbose: Annotated[bool, typer.Option("--verbose", help="Optuna's log and every trial's epoch lines.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary JSON instead of the table.")] = False,

@@ -4,19 +4,40 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from budgetnet.cli import app
+from budgetnet.cli._app import app
 from budgetnet.cli._data_options import (
-    DataPathOpt, DownloadOpt, NoCacheOpt, ResizeOpt, SplitSeedOpt, SubsetOpt, ValSizeOpt, data_overrides,
+    DataPathOpt,
+    DownloadOpt,
+    NoCacheOpt,
+    ResizeOpt,
+    SplitSeedOpt,
+    SubsetOpt,
+    ValSizeOpt,
+    data_overrides,
 )
 from budgetnet.cli._eval_options import BatchSizeOpt, DeviceOpt, JsonOpt, SplitOpt, TtaOpt, check_split
 from budgetnet.cli._model_options import (
-    ActivationOption, BlockKernelsOption, BlockOption, BlocksOption, ChannelsOption, ClassesOption,
-    DropoutOption, HeadScaleOption, InputSizeOption, PoolOption, PresetOption, SkipKernelOption,
-    StageKindsOption, StemKernelOption, StemWidthOption, StridesOption, model_overrides,
+    ActivationOption,
+    BlockKernelsOption,
+    BlockOption,
+    BlocksOption,
+    ChannelsOption,
+    ClassesOption,
+    DropoutOption,
+    HeadScaleOption,
+    InputSizeOption,
+    PoolOption,
+    PresetOption,
+    SkipKernelOption,
+    StageKindsOption,
+    StemKernelOption,
+    StemWidthOption,
+    StridesOption,
+    model_overrides,
 )
 from budgetnet.errors import BudgetnetError
 
@@ -32,11 +53,11 @@ def _set(tree: dict[str, Any], section: str, key: str, value: Any) -> None:
 @app.command()
 def train(
     ctx: typer.Context,
-    config: Annotated[Optional[Path], typer.Option("--config", help="Run config YAML (see configs/).")] = None,
-    recipe: Annotated[Optional[str], typer.Option("--recipe", help="A shipped recipe: flagship (default), long, cpu300.")] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Run directory [default: runs/<name>-<time>].")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Run name, used in the directory name.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Run config YAML (see configs/).")] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", help="A shipped recipe: flagship (default), long, cpu300.")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this directory.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory [default: runs/<name>-<time>].")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Run name, used in the directory name.")] = None,
     data: DataPathOpt = None,
     download: DownloadOpt = False,
     resize: ResizeOpt = None,
@@ -60,26 +81,26 @@ def train(
     dropout: DropoutOption = None,
     input_size: InputSizeOption = None,
     head_scale: HeadScaleOption = None,
-    budget: Annotated[Optional[str], typer.Option("--budget", help="Parameter budget, e.g. 5M.")] = None,
+    budget: Annotated[str | None, typer.Option("--budget", help="Parameter budget, e.g. 5M.")] = None,
     allow_over_budget: Annotated[bool, typer.Option("--allow-over-budget", help="Train even if over budget.")] = False,
-    epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
-    optimizer: Annotated[Optional[str], typer.Option("--optimizer", help="sgd, adam, adamw, adamax, adagrad, rmsprop, adadelta, asgd, muon (Muon on conv filters, Nesterov SGD on the rest)")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay")] = None,
-    schedule: Annotated[Optional[str], typer.Option("--schedule", help="constant, step, cosine, cosine_restarts, plateau, cyclic, onecycle, linear")] = None,
-    label_smoothing: Annotated[Optional[float], typer.Option("--label-smoothing")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="auto, fp32, bf16, fp16")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, mps")] = None,
-    compile_model: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads [default: all].")] = None,
-    patience: Annotated[Optional[int], typer.Option("--patience", help="Early stopping on val accuracy.")] = None,
-    on_nan: Annotated[Optional[str], typer.Option("--on-nan", help="stop (default) or skip the batch")] = None,
-    checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", help="Also checkpoint every N steps.")] = None,
-    max_train_seconds: Annotated[Optional[float], typer.Option("--max-train-seconds", help="Stop after this much training time.")] = None,
-    time_budget: Annotated[Optional[float], typer.Option("--time-budget", help="Seconds of training to plan the run for (epochs and schedule are compressed to fit).")] = None,
-    log: Annotated[Optional[list[str]], typer.Option("--log", help="Experiment tracker fed every epoch: tensorboard (needs budgetnet[tracking]); repeatable.")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    optimizer: Annotated[str | None, typer.Option("--optimizer", help="sgd, adam, adamw, adamax, adagrad, rmsprop, adadelta, asgd, muon (Muon on conv filters, Nesterov SGD on the rest)")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
+    weight_decay: Annotated[float | None, typer.Option("--weight-decay")] = None,
+    schedule: Annotated[str | None, typer.Option("--schedule", help="constant, step, cosine, cosine_restarts, plateau, cyclic, onecycle, linear")] = None,
+    label_smoothing: Annotated[float | None, typer.Option("--label-smoothing")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="auto, fp32, bf16, fp16")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, mps")] = None,
+    compile_model: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads [default: all].")] = None,
+    patience: Annotated[int | None, typer.Option("--patience", help="Early stopping on val accuracy.")] = None,
+    on_nan: Annotated[str | None, typer.Option("--on-nan", help="stop (default) or skip the batch")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", help="Also checkpoint every N steps.")] = None,
+    max_train_seconds: Annotated[float | None, typer.Option("--max-train-seconds", help="Stop after this much training time.")] = None,
+    time_budget: Annotated[float | None, typer.Option("--time-budget", help="Seconds of training to plan the run for (epochs and schedule are compressed to fit).")] = None,
+    log: Annotated[list[str] | None, typer.Option("--log", help="Experiment tracker fed every epoch: tensorboard (needs budgetnet[tracking]); repeatable.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="One plain line per epoch.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print summary.json at the end.")] = False,
 ) -> None:
@@ -184,8 +205,15 @@ def evaluate(
         evaluation = evaluate_manifest(run, data_path=data, split=split, tta=tta, batch_size=batch_size, device=device)
         result, info, out_dir = evaluation.result, {"checkpoint": str(run), **evaluation.to_dict()}, run.parent
     else:
-        result, info = evaluate_checkpoint(run, data_path=data, split=split, tta=tta, batch_size=batch_size, device=device)
-        out_dir = find_checkpoint(run).parent
+        checkpoint = find_checkpoint(run)
+        options = {"data_path": data, "split": split, "tta": tta, "batch_size": batch_size}
+        if checkpoint.suffix.lower() == ".onnx":  # run by onnxruntime, on the CPU
+            from budgetnet.deploy import evaluate_onnx
+
+            result, info = evaluate_onnx(checkpoint, **options)
+        else:
+            result, info = evaluate_checkpoint(checkpoint, device=device, **options)
+        out_dir = checkpoint.parent
     png = out_dir / f"confusion-{split}{'-tta' if tta else ''}.png"
     plot_confusion(png, result, f"{split} accuracy {100 * result.accuracy:.2f}%")
     report = {**info, **result.to_dict(), "confusion_png": str(png)}

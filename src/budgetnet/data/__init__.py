@@ -114,7 +114,7 @@ def prepare_data(
     images; with `subset`, drawn from the subset); test is the source's own test split, read
     only when asked for. Sources are decoded once and then served from the cache.
     """
-    if not splits or (unknown := set(splits) - {"train", "val", "test"}):
+    if not splits or set(splits) - {"train", "val", "test"}:
         raise BudgetnetError(f"splits {splits!r} must name one or more of train, val, test.")
     start = time.perf_counter()
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()

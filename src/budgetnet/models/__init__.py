@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from budgetnet.models.budget import Budget, count_params, fit_to_budget, parse_budget, summarize
 from budgetnet.models.builder import build_model
-from budgetnet.models.spec import ResNetSpec, format_validation_error, load_model_section
-from budgetnet.models.zoo import PRESETS, get_preset, list_presets
+from budgetnet.models.spec import ResNetSpec, format_validation_error
+from budgetnet.models.zoo import PRESETS, get_preset, list_presets, load_model_section
 
 __all__ = [
     "Budget",

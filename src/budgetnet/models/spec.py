@@ -229,34 +229,9 @@ def format_validation_error(exc: ValidationError, section: str | None = None) ->
     return "; ".join(parts)
 
 
-def model_mapping(section: Mapping[str, Any]) -> dict[str, Any]:
-    """The raw field mapping a model section stands for: a preset's fields (if it names one)
-    with the section's other keys laid over them. Not validated, so callers may add more
-    overrides first."""
-    if not isinstance(section, Mapping):
-        raise BudgetnetError(
-            f"the model section must be a mapping of ResNetSpec fields, got {type(section).__name__}"
-        )
-    fields = dict(section)
-    name = fields.pop("preset", None)
-    if name is None:
-        return fields
-    from budgetnet.models.zoo import get_preset  # zoo imports this module
-
-    # Only the preset's explicitly set fields, so derived ones (strides...) follow overrides.
-    base = get_preset(str(name)).model_dump(exclude_unset=True)
-    return {**base, **fields}
-
-
 def validate_spec(fields: Mapping[str, Any], section: str | None = "model") -> ResNetSpec:
     """`ResNetSpec` from a field mapping, with errors as one-line `BudgetnetError`s."""
     try:
         return ResNetSpec.model_validate(dict(fields))
     except ValidationError as exc:
         raise BudgetnetError(f"invalid model spec: {format_validation_error(exc, section)}") from None
-
-
-def load_model_section(mapping: Mapping[str, Any], section: str | None = "model") -> ResNetSpec:
-    """A spec from a config's ``model:`` mapping: either a full spec or ``preset: NAME`` plus
-    overrides of any field. User mistakes become a one-line `BudgetnetError`."""
-    return validate_spec(model_mapping(mapping), section)

@@ -8,14 +8,19 @@ claimed count that does not follow from the description is kept as claimed and s
 difference, never matched by bending the network.
 
 To add a preset: ``register_preset(Preset(name=..., spec=ResNetSpec(...), source=...))``.
+
+A config's model section (``preset: NAME`` plus field overrides, or a whole spec) is resolved
+here too: `model_mapping`, `load_model_section`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from budgetnet.errors import BudgetnetError
-from budgetnet.models.spec import ResNetSpec
+from budgetnet.models.spec import ResNetSpec, validate_spec
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,7 @@ class PresetRegistry(dict[str, Preset]):
         return super().__contains__(key) or key in self.aliases
 
     def get(self, key: str, default: Preset | None = None) -> Preset | None:  # type: ignore[override]
-        return self[key] if key in self else default
+        return self[key] if key in self else default  # noqa: SIM401 - this is `get`: self.get would recurse
 
 
 PRESETS = PresetRegistry()
@@ -77,6 +82,29 @@ def get_preset(name: str) -> ResNetSpec:
 def list_presets() -> list[Preset]:
     """Every preset once, in registration order."""
     return list(PRESETS.values())
+
+
+def model_mapping(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The raw field mapping a model section stands for: a preset's fields (if it names one)
+    with the section's other keys laid over them. Not validated, so callers may add more
+    overrides first."""
+    if not isinstance(section, Mapping):
+        raise BudgetnetError(
+            f"the model section must be a mapping of ResNetSpec fields, got {type(section).__name__}"
+        )
+    fields = dict(section)
+    name = fields.pop("preset", None)
+    if name is None:
+        return fields
+    # Only the preset's explicitly set fields, so derived ones (strides...) follow overrides.
+    base = get_preset(str(name)).model_dump(exclude_unset=True)
+    return {**base, **fields}
+
+
+def load_model_section(mapping: Mapping[str, Any], section: str | None = "model") -> ResNetSpec:
+    """A spec from a config's ``model:`` mapping: either a full spec or ``preset: NAME`` plus
+    overrides of any field. User mistakes become a one-line `BudgetnetError`."""
+    return validate_spec(model_mapping(mapping), section)
 
 
 _RESNET18_WIDTHS = [64, 128, 256, 512]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import math
 import sys
 from dataclasses import dataclass, field
@@ -14,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from budgetnet.plots import figure_png, pyplot
-from budgetnet.train.checkpoint import atomic_write_bytes
+from budgetnet.files import write_csv, write_png
+from budgetnet.plots import pyplot
 
 METRIC_COLUMNS = [
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "train_seconds", "train_pflop",
@@ -60,12 +59,7 @@ class EarlyStopping:
 
 def write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
     """Rewrite metrics.csv from the full history (atomic, so a kill never leaves half a row)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
-    atomic_write_bytes(path, buf.getvalue().encode())
+    write_csv(path, METRIC_COLUMNS, ([_fmt(row.get(k)) for k in METRIC_COLUMNS] for row in rows))
 
 
 def _fmt(value: Any) -> str:
@@ -95,7 +89,7 @@ def plot_curves(path: Path, rows: list[dict[str, float]]) -> None:
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend()
-    atomic_write_bytes(path, figure_png(fig))
+    write_png(path, fig)
 
 
 @dataclass

@@ -3,56 +3,24 @@
 File layout: one header line `BUDGETNET-CKPT v1 sha256=<hex> len=<n>\n`, then the `torch.save`
 payload. The checksum catches truncation and bit rot before torch ever parses the payload, and
 the payload is read with `weights_only=True`, so a crafted pickle is refused rather than run.
-Writes go to a temp file in the same directory, are fsynced, then renamed over the target: a
-kill at any moment leaves either the old file or the new one, never half of one.
+Writes are atomic (`budgetnet.files`): a kill at any moment leaves either the old file or the
+new one, never half of one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from budgetnet.errors import BudgetnetError
+from budgetnet.files import atomic_write_bytes
 
 _MAGIC = b"BUDGETNET-CKPT v1 "
 FORMAT_VERSION = 1
-
-
-def atomic_write_bytes(path: Path, data: bytes, backup: Path | None = None) -> None:
-    """Write `data` to `path` so that readers only ever see the old or the complete new file.
-
-    With `backup`, an existing `path` is moved there, but only once the new data is safely on
-    disk: a failed write (e.g. a full disk) leaves both files as they were.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if backup is not None and path.exists():
-            os.replace(path, backup)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise BudgetnetError(
-            f"could not write {path}: {exc.strerror or exc}; the previous file is intact "
-            "(free some disk space or choose another --out)"
-        ) from None
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
 
 
 def save_checkpoint(path: Path, state: dict[str, Any], backup: Path | None = None) -> None:

@@ -27,77 +27,31 @@ import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
+import budgetnet
+from budgetnet.config import RunConfig, dump_config
+from budgetnet.data import BatchAugment, DeviceLoader, prepare_data
 from budgetnet.errors import BudgetnetError
-from budgetnet.train.callbacks import EarlyStopping, EarlyStoppingConfig, ProgressReporter, plot_curves, write_metrics
-from budgetnet.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
-from budgetnet.train.rundir import RunLock, environment_info, new_run_dir, write_json
+from budgetnet.evaluate import evaluate_loader
+from budgetnet.files import LOCK_NAME, DirLock, atomic_write_bytes, write_json
+from budgetnet.models import build_model, count_params, summarize
+from budgetnet.runtime import autocast_dtype, compile_model, resolve_device, use_channels_last
+from budgetnet.train.callbacks import EarlyStopping, ProgressReporter, plot_curves, write_metrics
+from budgetnet.train.checkpoint import load_checkpoint, save_checkpoint
+from budgetnet.train.optim import build_optimizer
+from budgetnet.train.rundir import environment_info, new_run_dir
+from budgetnet.train.schedules import Plateau, lr_factor
 from budgetnet.train.tracking import epoch_loggers
 
-if TYPE_CHECKING:
-    from budgetnet.config import RunConfig
-
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
-
-
-class TrainConfig(BaseModel):
-    """Training-loop section of a run config."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: int = Field(10, ge=1, le=100_000)
-    batch_size: int = Field(512, ge=1, le=65_536)
-    eval_batch_size: int = Field(1000, ge=1, le=65_536)
-    seed: int = Field(0, ge=0, lt=2**63)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    grad_clip: float | None = Field(None, gt=0, description="max global grad norm")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    channels_last: bool | Literal["auto"] = "auto"
-    compile: bool = False
-    micro_batch: int | None = Field(
-        None, ge=1, le=65_536,
-        description="forward/backward the batch in slices of this many images (same update, BN "
-        "statistics per slice): large batches run slower per image on CPUs (speedrun_2m on 2 AVX2 "
-        "cores: 0.106 TFLOP/s at 500 images, 0.065 at 2,000)",
-    )
-    threads: int | None = Field(None, ge=1, le=1024)
-    early_stopping: EarlyStoppingConfig | None = None
-    ema_decay: float | None = Field(None, gt=0, lt=1, description="evaluate an EMA of the weights")
-    tta: bool | Literal["final"] = Field(
-        False, description="flip+translate test-time augmentation for validation; final: only after the last "
-        "epoch (TTA is 6 forward passes: on a CPU, 8 TTA validations cost speedrun_2m ~8 minutes)",
-    )
-    on_nan: Literal["stop", "skip"] = "stop"
-    checkpoint_every_steps: int | None = Field(None, ge=1, description="also checkpoint mid-epoch")
-    max_train_seconds: float | None = Field(None, gt=0, description="stop after this much training time")
-    time_budget_s: float | None = Field(
-        None, gt=0,
-        description="plan the run to fit this much training time: the steps that fit are timed "
-        "before training, and the epochs and schedule are compressed to them (never stretched); "
-        "none (or off) for no time budget",
-    )
-    log: list[Literal["tensorboard"]] = Field(
-        default_factory=list, description="experiment trackers fed every epoch (see train/tracking.py)"
-    )
-
-    @field_validator("time_budget_s", mode="before")
-    @classmethod
-    def _budget_off(cls, value: Any) -> Any:
-        # "none"/"off" lift the budget; so does any value beyond a year, which cannot be planned.
-        if isinstance(value, str) and value.strip().lower() in ("none", "off", "null", ""):
-            return None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 365 * 86400:
-            return None
-        return value
 
 
 class TrainingInterrupted(Exception):
@@ -134,70 +88,6 @@ class _State:
     calibration: dict[str, float] = field(default_factory=dict)  # what planning a time budget measured
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto: cuda, then mps, then cpu. Asking for an absent device is a user error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise BudgetnetError("device cuda was requested but no CUDA GPU is available; use --device cpu or auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise BudgetnetError("device mps was requested but is not available; use --device cpu or auto")
-    return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """AMX or AVX512-BF16. Elsewhere (e.g. AVX2-only CPUs) bf16 convolutions are emulated and
-    measured 10x slower than fp32 (a 3x3 64-channel conv, batch 512: 14.8 s vs 1.3 s)."""
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """auto: bf16 where the hardware runs it natively (AMX/AVX512-BF16 CPUs, Ampere+ GPUs),
-    fp16 on older GPUs, fp32 otherwise. None means no autocast."""
-    if precision == "fp32":
-        return None
-    if precision == "fp16":
-        return torch.float16
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cpu":
-        return torch.bfloat16 if cpu_has_native_bf16() else None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
-
-
-def use_channels_last(setting: bool | str, device: torch.device) -> bool:
-    """auto: channels_last where the convolutions are bf16/fp16 (native-bf16 CPUs, GPUs). On
-    AVX2-only CPUs in fp32 it made ResNet26-B453's step slower (batch norm alone measured 3x
-    slower in channels_last: 960 vs 320 ms fwd+bwd at 512x64x32x32)."""
-    if isinstance(setting, bool):
-        return setting
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-
-
-def compile_model(model: nn.Module, cache_dir: str | None = None) -> nn.Module:
-    """torch.compile, with Inductor's compiled-artifact caches (FX graph and AOTAutograd) kept
-    under budgetnet's cache folder (`<cache>/inductor`) rather than Inductor's default in /tmp,
-    which a reboot wipes: a later run of the same model and shapes loads its kernels instead
-    of compiling them. A $TORCHINDUCTOR_CACHE_DIR of the user's wins."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir as inductor_default
-
-    from budgetnet.data.cache import default_cache_dir
-
-    # Inductor writes its default into the variable the first time it is asked (imports done by
-    # the data path ask), so the default found there is Inductor's, not the user's choice.
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, inductor_default()):
-        root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")
-    return torch.compile(model)
-
-
 class _SignalGuard:
     """Turns SIGINT/SIGTERM into a flag checked between steps, so we stop at a clean point."""
 
@@ -207,10 +97,8 @@ class _SignalGuard:
 
     def __enter__(self) -> _SignalGuard:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with suppress(ValueError):  # not the main thread (e.g. a notebook worker): no graceful stop
                 self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. a notebook worker): no graceful stop
-                pass
         return self
 
     def _handle(self, signum: int, _frame: object) -> None:
@@ -235,16 +123,14 @@ def train(
     `on_epoch_end(row)` sees each epoch's metrics row after it is checkpointed; an exception
     it raises (e.g. a search pruning the trial) ends training and propagates.
     """
-    from budgetnet.config import dump_config
-
     run_dir = Path(out) if out is not None else new_run_dir(runs_root, cfg.name)
     if run_dir.exists() and not run_dir.is_dir():
         raise BudgetnetError(f"{run_dir} is a file, not a run directory; choose another --out")
     # Lock first: a second process on this directory is told who holds it, whatever it asked.
-    with RunLock(run_dir):
+    with DirLock(run_dir):
         for stale in run_dir.glob(".*.tmp-*"):  # half-written files of a killed run; we hold the lock
             stale.unlink(missing_ok=True)
-        if not resume and any(p.name != ".lock" for p in run_dir.iterdir()):
+        if not resume and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
             raise BudgetnetError(f"run directory {run_dir} is not empty; use --resume {run_dir} or another --out")
         # Experiment tracking (train.log): trackers wrap the epoch callback (train/tracking.py); made
         # first, so a missing package fails before anything is written. `trainer` is read when called.
@@ -259,10 +145,6 @@ class _Trainer:
     def __init__(
         self, cfg: RunConfig, run_dir: Path, quiet: bool, on_epoch_end: Callable[[dict[str, float]], None] | None
     ) -> None:
-        from budgetnet.data import BatchAugment, DeviceLoader, prepare_data
-        from budgetnet.models import build_model, count_params, summarize
-        from budgetnet.train.schedules import Plateau
-
         self.cfg, self.run_dir, self.quiet, self.on_epoch_end = cfg, run_dir, quiet, on_epoch_end
         tc = cfg.train
         params = count_params(cfg.model)
@@ -297,8 +179,6 @@ class _Trainer:
             DeviceLoader(*self.data.val, tc.eval_batch_size, shuffle=False, drop_last=False, seed=0, augment=None, **common)
             if self.data.val is not None else None
         )
-        from budgetnet.train.optim import build_optimizer
-
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.plateau = Plateau(cfg.schedule) if cfg.schedule.name == "plateau" else None
         self.flops_per_image = summarize(cfg.model, cfg.budget).flops
@@ -422,8 +302,6 @@ class _Trainer:
         """Every group's lr at `step`: its peak times the schedule's factor over the planned
         steps (over its `horizon` share of them: a group may stop training early), times the
         plateau's scale."""
-        from budgetnet.train.schedules import lr_factor
-
         sched, epochs = self.cfg.schedule, self.cfg.train.epochs
         scale = self.plateau.scale if self.plateau is not None else 1.0
         for group in self.optimizer.param_groups:
@@ -522,7 +400,7 @@ class _Trainer:
     def _checkpoint_state(self) -> dict[str, Any]:
         st = self.state
         state: dict[str, Any] = {
-            "budgetnet_version": _version(),
+            "budgetnet_version": budgetnet.__version__,
             "config": self.cfg.model_dump(mode="json"),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -559,7 +437,7 @@ class _Trainer:
         save_checkpoint(
             self.run_dir / BEST,
             {
-                "budgetnet_version": _version(),
+                "budgetnet_version": budgetnet.__version__,
                 "config": self.cfg.model_dump(mode="json"),
                 "model": self._eval_model().state_dict(),
                 "classes": list(self.data.classes),
@@ -617,8 +495,6 @@ class _Trainer:
         return True
 
     def _validate(self, last: bool) -> tuple[float, float]:
-        from budgetnet.evaluate import evaluate_loader
-
         if self.val_loader is None:
             return math.nan, math.nan
         tta = self.cfg.train.tta == "final" and last or self.cfg.train.tta is True
@@ -626,8 +502,6 @@ class _Trainer:
         return result.loss, result.accuracy
 
     def run(self, resume: bool) -> RunResult:
-        from budgetnet.models import summarize
-
         tc, st = self.cfg.train, self.state
         started = time.perf_counter()
         restored = resume and self._restore()
@@ -712,9 +586,3 @@ class _Trainer:
         }
         write_json(self.run_dir / "summary.json", summary)
         return RunResult(self.run_dir, summary)
-
-
-def _version() -> str:
-    import budgetnet
-
-    return budgetnet.__version__

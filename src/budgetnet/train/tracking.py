@@ -17,12 +17,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from budgetnet.config import RunConfig, dump_config
 from budgetnet.errors import BudgetnetError
-
-if TYPE_CHECKING:
-    from budgetnet.config import RunConfig
 
 TENSORBOARD_DIR = "tensorboard"
 # metrics.csv column -> TensorBoard tag
@@ -58,8 +56,6 @@ class TensorBoardLogger:
     the throughput."""
 
     def __init__(self, run_dir: Path, cfg: RunConfig, global_step: Callable[[], int]) -> None:
-        from budgetnet.config import dump_config
-
         self._writer_class = _summary_writer()
         self.log_dir = Path(run_dir) / TENSORBOARD_DIR
         self.config_text = dump_config(cfg)
