@@ -127,3 +127,31 @@ def test_tta_final_augments_only_the_last_validation(tmp_path: Path, data: Path,
     monkeypatch.setattr(engine, "evaluate_loader", spy)
     engine.train(speedrun_config(data, epochs=3, tta="final"), tmp_path / "run", quiet=True)
     assert seen == [False, False, True]
+
+
+@pytest.mark.parametrize("steps_paid", [2.5, 4.0, 100.0])
+def test_pflop_budget_plans_the_steps_it_pays_for(tmp_path: Path, data: Path, steps_paid: float) -> None:
+    """--pflop P: the whole steps P pays for (never more than the epochs hold); the compute
+    then spent is within one step of P, never over."""
+    cfg = speedrun_config(data, epochs=2)
+    per_step = 3 * summarize(cfg.model).flops * cfg.train.batch_size / 1e15
+    budget = steps_paid * per_step
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"pflop_budget": budget})})
+    s = engine.train(cfg, tmp_path / "run", quiet=True).summary
+    assert s["steps_run"] == s["planned_steps"] == min(int(steps_paid), 2 * 3)
+    if steps_paid < 6:
+        assert budget - per_step < s["train_pflop"] <= budget
+
+
+def test_pflop_flag_and_budget_none_from_the_cli(tmp_path: Path, data: Path, capsys) -> None:
+    from budgetnet.cli import main
+
+    flops = summarize(speedrun_config(data).model).flops
+    argv = ["train", "--data", str(data), "--preset", "speedrun_2m", "--channels", "8,16,16", "--classes", "3",
+            "--batch-size", "40", "--epochs", "2", "--threads", "1", "--val-size", "30", "--quiet", "--json",
+            "--pflop", str(3.5 * 3 * flops * 40 / 1e15), "--time-budget", "none"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["planned_steps"] == 3 and s["time_budget_s"] is None
+    assert main([*argv[:-2], "--time-budget", "soon", "--out", str(tmp_path / "bad")]) == 2
+    assert "time_budget_s" in capsys.readouterr().err

@@ -65,6 +65,11 @@ class TrainConfig(BaseModel):
         "before training, and the epochs and schedule are compressed to them (never stretched); "
         "none (or off) for no time budget",
     )
+    pflop_budget: float | None = Field(
+        None, gt=0,
+        description="plan the run to fit this much training compute (PFLOP: 3 x forward FLOPs x images "
+        "trained), compressing epochs and schedule like time_budget_s; with both, the tighter wins",
+    )
     log: list[Literal["tensorboard"]] = Field(
         default_factory=list, description="experiment trackers fed every epoch (see train/tracking.py)"
     )

@@ -99,7 +99,8 @@ def train(
     on_nan: Annotated[str | None, typer.Option("--on-nan", help="stop (default) or skip the batch")] = None,
     checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", help="Also checkpoint every N steps.")] = None,
     max_train_seconds: Annotated[float | None, typer.Option("--max-train-seconds", help="Stop after this much training time.")] = None,
-    time_budget: Annotated[float | None, typer.Option("--time-budget", help="Seconds of training to plan the run for (epochs and schedule are compressed to fit).")] = None,
+    time_budget: Annotated[str | None, typer.Option("--time-budget", help="Seconds of training to plan the run for (epochs and schedule are compressed to fit); none lifts a recipe's budget.")] = None,
+    pflop: Annotated[float | None, typer.Option("--pflop", help="Training compute to plan the run for, in PFLOP (3 x forward FLOPs x images); with --time-budget the tighter wins.")] = None,
     log: Annotated[list[str] | None, typer.Option("--log", help="Experiment tracker fed every epoch: tensorboard (needs budgetnet[tracking]); repeatable.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="One plain line per epoch.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print summary.json at the end.")] = False,
@@ -131,7 +132,7 @@ def train(
     best = f"{100 * s['best_val_acc']:.2f}% (epoch {s['best_epoch']})" if s["best_val_acc"] is not None else "n/a (no validation split)"
     typer.echo(
         f"run {result.run_dir}: {s['params']:,} params, best val acc {best}, "
-        f"{s['train_seconds']:.1f}s training, {s['wall_seconds']:.1f}s wall"
+        f"{s['train_seconds']:.1f}s training ({s['train_pflop']:.4g} PFLOP), {s['wall_seconds']:.1f}s wall"
         + (f", {s['steps_run']}/{s['planned_steps']} steps planned for a {s['time_budget_s']:g}s budget"
            if s["time_budget_s"] else "")
     )
@@ -163,7 +164,7 @@ def config_overrides(p: dict[str, Any]) -> dict[str, Any]:
                         ("label_smoothing", "label_smoothing"), ("precision", "precision"), ("device", "device"),
                         ("compile", "compile_model"), ("threads", "threads"), ("on_nan", "on_nan"),
                         ("checkpoint_every_steps", "checkpoint_every"), ("max_train_seconds", "max_train_seconds"),
-                        ("time_budget_s", "time_budget")):
+                        ("time_budget_s", "time_budget"), ("pflop_budget", "pflop")):
         _set(overrides, "train", key, p[option])
     _set(overrides, "train", "log", list(p["log"]) if p["log"] else None)  # not given: an empty tuple or None
     if p["patience"] is not None:

@@ -264,10 +264,11 @@ class _Trainer:
 
     # ---- planning -------------------------------------------------------------------------
     def _plan(self) -> None:
-        """Fix the number of optimizer steps: all the epochs', or those that fit the time budget."""
+        """Fix the number of optimizer steps: all the epochs', or fewer where a compute budget
+        (whole batches of P PFLOP) or a time budget (timed steps) holds fewer."""
         st, tc = self.state, self.cfg.train
+        st.planned_steps = self._step_cap()
         if tc.time_budget_s is None:
-            st.planned_steps = len(self.loader) * tc.epochs
             return
         seconds_per_step, warmup_seconds, calibration_seconds = self._time_steps()
         st.planned_steps = self._steps_that_fit(0.0, seconds_per_step)
@@ -275,6 +276,15 @@ class _Trainer:
             "seconds_per_step": seconds_per_step, "warmup_seconds": warmup_seconds,
             "calibration_seconds": calibration_seconds,
         }
+
+    def _step_cap(self) -> int:
+        """The most steps a run may take: its epochs', or the whole batches its PFLOP budget pays for."""
+        tc = self.cfg.train
+        cap = len(self.loader) * tc.epochs
+        if tc.pflop_budget is not None:
+            per_step = 3 * self.flops_per_image * tc.batch_size / 1e15
+            cap = min(cap, max(1, int(tc.pflop_budget / per_step)))
+        return cap
 
     def _replan(self, running: float) -> None:
         """Revise a time-budgeted plan from the pace so far; a change under 2% is not worth
@@ -296,7 +306,7 @@ class _Trainer:
         st, tc = self.state, self.cfg.train
         assert tc.time_budget_s is not None
         fit = st.global_step + int((0.97 * tc.time_budget_s - elapsed) / seconds_per_step)
-        return min(len(self.loader) * tc.epochs, max(st.global_step + 1, fit))
+        return min(self._step_cap(), max(st.global_step + 1, fit))
 
     def _set_lr(self, step: int) -> None:
         """Every group's lr at `step`: its peak times the schedule's factor over the planned
@@ -568,6 +578,7 @@ class _Trainer:
             "steps_run": st.global_step,
             "planned_steps": st.planned_steps,
             "time_budget_s": tc.time_budget_s,
+            "pflop_budget": tc.pflop_budget,
             **st.calibration,
             "stopped_early": stop_early and st.epoch < self._planned_epochs(),
             "best_val_acc": st.best_val,
