@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 from conftest import make_synthetic, tiny_run_config, write_npz
 
@@ -155,3 +156,22 @@ def test_pflop_flag_and_budget_none_from_the_cli(tmp_path: Path, data: Path, cap
     assert s["planned_steps"] == 3 and s["time_budget_s"] is None
     assert main([*argv[:-2], "--time-budget", "soon", "--out", str(tmp_path / "bad")]) == 2
     assert "time_budget_s" in capsys.readouterr().err
+
+
+def test_set_overrides_any_config_field(tmp_path: Path, data: Path, capsys) -> None:
+    from budgetnet.cli import main
+
+    base = ["train", "--data", str(data), "--val-size", "30", "--threads", "1", "--quiet", "--epochs", "1",
+            "--preset", "speedrun_2m", "--classes", "3", "--batch-size", "40"]
+    sets = ["--set", "model.channels=[8, 16, 16]", "--set", "optim.muon_lr=0.3", "--set", "train.tta=final"]
+    assert main([*base, *sets, "--out", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["model"]["channels"] == [8, 16, 16] and saved["optim"]["muon_lr"] == 0.3
+    assert saved["train"]["tta"] == "final"
+    for bad, says in ((["--set", "optim.muon_lr"], "section.key=value"), (["--set", "optim.nope=1"], "optim.nope"),
+                      (["--set", "train.tta=[1"], "not valid YAML")):
+        capsys.readouterr()
+        assert main([*base, *bad, "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+    assert not (tmp_path / "bad").exists()

@@ -101,6 +101,7 @@ def train(
     max_train_seconds: Annotated[float | None, typer.Option("--max-train-seconds", help="Stop after this much training time.")] = None,
     time_budget: Annotated[str | None, typer.Option("--time-budget", help="Seconds of training to plan the run for (epochs and schedule are compressed to fit); none lifts a recipe's budget.")] = None,
     pflop: Annotated[float | None, typer.Option("--pflop", help="Training compute to plan the run for, in PFLOP (3 x forward FLOPs x images); with --time-budget the tighter wins.")] = None,
+    set_values: Annotated[list[str] | None, typer.Option("--set", help="Any config field, e.g. --set optim.muon_lr=0.3 --set train.tta=final (YAML value); repeatable, applied last.")] = None,
     log: Annotated[list[str] | None, typer.Option("--log", help="Experiment tracker fed every epoch: tensorboard (needs budgetnet[tracking]); repeatable.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="One plain line per epoch.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print summary.json at the end.")] = False,
@@ -172,6 +173,28 @@ def config_overrides(p: dict[str, Any]) -> dict[str, Any]:
     for key, option in (("name", "optimizer"), ("lr", "lr"), ("weight_decay", "weight_decay")):
         _set(overrides, "optim", key, p[option])
     _set(overrides, "schedule", "name", p["schedule"])
+    return _with_set_values(overrides, p.get("set_values") or [])
+
+
+def _with_set_values(overrides: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """`--set section.key=value` pairs laid over the other overrides; the value is read as YAML
+    (numbers, booleans, lists, null), and the schema validates the result like any config."""
+    import yaml
+
+    from budgetnet.config import deep_merge
+
+    for text in assignments:
+        path, sep, raw = text.partition("=")
+        keys = path.strip().split(".")
+        if not sep or not all(keys):
+            raise BudgetnetError(f"--set {text!r} must look like section.key=value, e.g. --set optim.lr=0.1")
+        try:
+            value: Any = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise BudgetnetError(f"--set {text!r}: the value is not valid YAML") from None
+        for key in reversed(keys):
+            value = {key: value}
+        overrides = deep_merge(overrides, value)
     return overrides
 
 
