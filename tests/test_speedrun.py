@@ -175,3 +175,31 @@ def test_set_overrides_any_config_field(tmp_path: Path, data: Path, capsys) -> N
         err = capsys.readouterr().err
         assert says in err and err.count("\n") == 1, err
     assert not (tmp_path / "bad").exists()
+
+
+def test_progressive_resizing_trains_small_then_full_and_counts_its_flops(tmp_path: Path, data: Path,
+                                                                           monkeypatch) -> None:
+    """Half the steps at 16x16, then 32x32: the model sees those shapes in that order, and the
+    compute count charges each step at the size it ran (a 16x16 step costs less)."""
+    shapes: list[int] = []
+    real = engine._Trainer._step
+
+    def spy(self, x, y):
+        shapes.append(x.shape[-1])
+        return real(self, x, y)
+
+    monkeypatch.setattr(engine._Trainer, "_step", spy)
+    cfg = speedrun_config(data, epochs=2, progressive=[{"until": 0.5, "size": 16}])
+    s = engine.train(cfg, tmp_path / "run", quiet=True).summary
+    assert shapes == [16, 16, 16, 32, 32, 32]
+    small = summarize(cfg.model.model_copy(update={"input_size": 16})).flops
+    full = summarize(cfg.model).flops
+    assert small < full / 2
+    assert s["train_pflop"] == pytest.approx(3 * 40 * 3 * (small + full) / 1e15)
+
+
+def test_progressive_stages_are_checked() -> None:
+    from budgetnet.config import TrainConfig
+
+    with pytest.raises(ValueError, match="increasing"):
+        TrainConfig(progressive=[{"until": 0.6, "size": 24}, {"until": 0.3, "size": 16}])

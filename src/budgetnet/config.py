@@ -28,6 +28,15 @@ from budgetnet.train.schedules import ScheduleConfig
 DEFAULT_RECIPE = "flagship"
 
 
+class ResizeStage(BaseModel):
+    """Train at `size` x `size` until `until` (a fraction of the planned steps)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    until: float = Field(gt=0, le=1)
+    size: int = Field(ge=4, le=4096)
+
+
 class TrainConfig(BaseModel):
     """Training-loop section of a run config."""
 
@@ -70,9 +79,22 @@ class TrainConfig(BaseModel):
         description="plan the run to fit this much training compute (PFLOP: 3 x forward FLOPs x images "
         "trained), compressing epochs and schedule like time_budget_s; with both, the tighter wins",
     )
+    progressive: list[ResizeStage] = Field(
+        default_factory=list,
+        description="progressive resizing: early steps on downscaled images, which cost fewer FLOPs "
+        "(FLOPs scale with pixels); stages in order of `until`, full size after the last",
+    )
     log: list[Literal["tensorboard"]] = Field(
         default_factory=list, description="experiment trackers fed every epoch (see train/tracking.py)"
     )
+
+    @field_validator("progressive")
+    @classmethod
+    def _stages_in_order(cls, value: list[ResizeStage]) -> list[ResizeStage]:
+        untils = [stage.until for stage in value]
+        if untils != sorted(set(untils)):
+            raise ValueError(f"progressive stages must have increasing `until` fractions, got {untils}")
+        return value
 
     @field_validator("time_budget_s", mode="before")
     @classmethod

@@ -84,7 +84,8 @@ class _State:
     train_seconds: float = 0.0
     stopped: bool = False  # early stopping or the time limit ended the run: a resume must not go on
     planned_steps: int = 0  # optimizer steps the run will take (0: not planned yet)
-    images_seen: int = 0  # training images stepped on (the compute count's unit)
+    images_seen: int = 0  # training images stepped on
+    train_flop: float = 0.0  # 3 x forward FLOPs at the size trained, summed over images
     calibration: dict[str, float] = field(default_factory=dict)  # what planning a time budget measured
 
 
@@ -182,6 +183,14 @@ class _Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.plateau = Plateau(cfg.schedule) if cfg.schedule.name == "plateau" else None
         self.flops_per_image = summarize(cfg.model, cfg.budget).flops
+        for stage in tc.progressive:  # each size must fit the network: checked before any training
+            if stage.size > cfg.model.input_size:
+                raise BudgetnetError(f"progressive size {stage.size} is larger than the input size "
+                                     f"{cfg.model.input_size}; stages train on downscaled images")
+        self.stage_flops = {
+            s.size: summarize(cfg.model.model_copy(update={"input_size": s.size}), cfg.budget).flops
+            for s in tc.progressive
+        }
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16 and self.device.type == "cuda")
         self.ema = (
             torch.optim.swa_utils.AveragedModel(
@@ -208,6 +217,9 @@ class _Trainer:
             if i < st.step_in_epoch:
                 continue  # replaying a resumed epoch: these batches were trained before the stop
             self._set_lr(st.global_step)
+            size = self._size_at(st.global_step)
+            if size is not None:  # antialiased downscale: a smaller view of the same augmented batch
+                x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             logits, loss = self._step(x, y)
             if loss is None:
                 st.nan_skips += 1
@@ -216,6 +228,7 @@ class _Trainer:
                 correct += (logits.argmax(1) == y).sum()
                 seen += len(y)
             st.step_in_epoch, st.global_step, st.images_seen = i + 1, st.global_step + 1, st.images_seen + len(y)
+            st.train_flop += 3 * (self.flops_per_image if size is None else self.stage_flops[size]) * len(y)
             if (i + 1) % 10 == 0:  # the only host syncs inside an epoch: every 10 steps
                 self._check_finite(loss_sum, epoch, i)
                 progress.step(i + 1, loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1))
@@ -282,7 +295,7 @@ class _Trainer:
         tc = self.cfg.train
         cap = len(self.loader) * tc.epochs
         if tc.pflop_budget is not None:
-            per_step = 3 * self.flops_per_image * tc.batch_size / 1e15
+            per_step = 3 * self._mean_flops_per_image() * tc.batch_size / 1e15
             cap = min(cap, max(1, int(tc.pflop_budget / per_step)))
         return cap
 
@@ -320,8 +333,25 @@ class _Trainer:
             group["lr"] = group["peak_lr"] * factor * scale
 
     def _train_pflop(self) -> float:
-        """Training compute so far: forward + backward = 3 forward passes per image trained."""
-        return 3 * self.flops_per_image * self.state.images_seen / 1e15
+        """Training compute so far: forward + backward = 3 forward passes per image trained, at
+        the size it was trained at."""
+        return self.state.train_flop / 1e15
+
+    def _mean_flops_per_image(self) -> float:
+        """Forward FLOPs per image averaged over the run: progressive stages cover fixed
+        fractions of it, the rest is at full size."""
+        mean, start = 0.0, 0.0
+        for stage in self.cfg.train.progressive:
+            mean += (stage.until - start) * self.stage_flops[stage.size]
+            start = stage.until
+        return mean + (1 - start) * self.flops_per_image
+
+    def _size_at(self, step: int) -> int | None:
+        """The progressive-resizing size of `step` (None: full size)."""
+        for stage in self.cfg.train.progressive:
+            if step < stage.until * self.state.planned_steps:
+                return stage.size
+        return None
 
     def _init_whitening(self) -> None:
         """A whitening stem's filters from the first (up to) 5,000 training images, normalized
@@ -423,6 +453,7 @@ class _Trainer:
                 "partial": list(st.partial), "best_val": st.best_val, "best_epoch": st.best_epoch,
                 "nan_skips": st.nan_skips, "train_seconds": st.train_seconds, "stopped": st.stopped,
                 "planned_steps": st.planned_steps, "calibration": st.calibration, "images_seen": st.images_seen,
+                "train_flop": st.train_flop,
             },
             "history": st.history,
             "early_stopping": self.stopper.state_dict() if self.stopper else None,
@@ -500,6 +531,7 @@ class _Trainer:
         st.stopped = p.get("stopped", False)
         st.planned_steps, st.calibration = p.get("planned_steps", 0), p.get("calibration", {})
         st.images_seen = p.get("images_seen", st.global_step * self.cfg.train.batch_size)
+        st.train_flop = p.get("train_flop", 3 * self.flops_per_image * st.images_seen)
         st.history = list(state["history"])
         write_metrics(self.run_dir / "metrics.csv", st.history)  # drop rows a kill left beyond the checkpoint
         return True
