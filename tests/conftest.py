@@ -164,7 +164,8 @@ def train_tiny(data: Path, out: Path, *options: str, epochs: int = 2) -> Path:
 
     code = main(["train", "--data", str(data), "--blocks", "1", "--channels", "8", "--classes", "3",
                  "--epochs", str(epochs), "--batch-size", "16", "--optimizer", "sgd", "--lr", "0.1", "--precision", "fp32",
-                 "--threads", "1", "--device", "cpu", "--quiet", "--out", str(out), *options])
+                 "--threads", "1", "--device", "cpu", "--set", "train.tta=true", "--quiet", "--out", str(out),
+                 *options])
     assert code == 0
     return out
 

@@ -97,6 +97,17 @@ def test_json_matches_what_training_validated(run: Path, capsys) -> None:
     assert Path(report["confusion_png"]) == run / "confusion-val-tta.png" and Path(report["confusion_png"]).is_file()
 
 
+def test_last_checkpoint_evaluates_like_best(run: Path, capsys) -> None:
+    """RUN/last.pt carries the classes and statistics best.pt does: it evaluates to the final
+    validation accuracy training recorded."""
+    code, out, err = evaluate(capsys, run / "last.pt", "--json", "--tta")
+    assert code == 0, err
+    report = json.loads(out)
+    summary = json.loads((run / "summary.json").read_text())
+    assert report["accuracy"] == pytest.approx(summary["final_val_acc"], abs=1e-9)
+    assert report["checkpoint"].endswith("last.pt") and report["classes"] == CLASSES
+
+
 def test_test_split_of_an_npz(run: Path, data: Path, capsys) -> None:
     code, out, err = evaluate(capsys, run / "best.pt", "--data", data, "--split", "test", "--json")
     assert code == 0, err
