@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 import torch
+import yaml
 from conftest import make_synthetic, tiny_run_config, write_npz
 
 from budgetnet.errors import BudgetnetError
