@@ -1,0 +1,80 @@
+"""The five reports' training setups beside budgetnet's default recipe, at equal training compute.
+
+Each row trains one config as written (`configs/seed00N.yaml`: its model, optimizer, schedule,
+augmentation and batch size; budgetnet's default recipe for the last row) with its schedule
+compressed into `--pflop` PFLOP of training compute (`train.pflop_budget`: a report whose model
+costs more FLOPs per image sees fewer images, which is the point), on the validation protocol
+(45,000 train / 5,000 val of the shared zip, split seed 0). The best checkpoint is then
+evaluated with and without TTA. Rows append to `--out` (JSON lines) as they finish and are
+skipped when already there; a row whose run was killed resumes from its checkpoint.
+
+    .venv/bin/python benchmarks/seeds_vs_default.py [--pflop 0.25] [--seed 0] [--data ZIP]
+        [--runs-dir runs/seeds-vs-default] [--out docs/results/seeds_vs_default/rows.jsonl]
+
+Prints one Markdown table (report, model, params, FLOPs/image, images seen, epochs, val acc
+without and with TTA, training seconds) and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from budgetnet.config import load_config
+from budgetnet.evaluate import evaluate_checkpoint
+from budgetnet.train.engine import train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ROWS = [*(f"seed00{i}" for i in range(5)), "default"]
+
+
+def run_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    over = {"name": f"{name}-vs", "data": {"path": args.data, "val_size": 5000, "split_seed": 0},
+            "train": {"pflop_budget": args.pflop, "seed": args.seed, "time_budget_s": None, "tta": False}}
+    cfg = load_config(overrides=over) if name == "default" else load_config(CONFIGS / f"{name}.yaml", over)
+    out = Path(args.runs_dir) / f"{name}-seed{args.seed}"
+    result = train(cfg, out, resume=out.exists(), quiet=True)
+    s = result.summary
+    accs = {tta: evaluate_checkpoint(out, data_path=args.data, split="val", tta=tta)[0].accuracy for tta in (False, True)}
+    return {
+        "row": name, "seed": args.seed, "model": cfg.model.model_dump(exclude_defaults=True), "params": s["params"],
+        "flops": s["flops"], "images_seen": s["images_seen"], "epochs": s["images_seen"] / 45_000,
+        "train_pflop": s["train_pflop"], "val_acc": accs[False], "val_acc_tta": accs[True],
+        "train_seconds": s["train_seconds"], "run_dir": str(out),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(CONFIGS.parents[1] / "shared/data/cifar10-train-jpg.zip"))
+    parser.add_argument("--pflop", type=float, default=0.25)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs-dir", default="runs/seeds-vs-default")
+    parser.add_argument("--out", default="docs/results/seeds_vs_default/rows.jsonl")
+    args = parser.parse_args()
+    out = Path(args.out)
+    done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    for name in ROWS:
+        if not any(d["row"] == name and d["seed"] == args.seed for d in done):
+            row = run_row(name, args)
+            done.append(row)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+    print(f"| report | params | FLOPs/img | images seen | epochs | val % | val % TTA | train s |  ({args.pflop} PFLOP)")
+    print("|---|---|---|---|---|---|---|---|")
+    for d in done:
+        print(f"| {d['row']} (seed {d['seed']}) | {d['params']:,} | {d['flops'] / 1e6:.0f} M | {d['images_seen']:,} | "
+              f"{d['epochs']:.2f} | {100 * d['val_acc']:.2f} | {100 * d['val_acc_tta']:.2f} | {d['train_seconds']:.0f} |")
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, cpu capability {torch.backends.cpu.get_cpu_capability()}")
+
+
+if __name__ == "__main__":
+    main()
