@@ -18,7 +18,8 @@ from conftest import make_synthetic, write_npz
 from budgetnet.cli import main
 from budgetnet.config import RunConfig, load_config
 from budgetnet.train import engine
-from budgetnet.train.checkpoint import load_checkpoint
+from budgetnet.train.checkpoint import load_checkpoint, save_checkpoint
+from budgetnet.train.optim import OptimConfig
 
 TIMING_COLUMNS = {"seconds", "train_seconds"}
 
@@ -98,6 +99,21 @@ def test_resume_after_an_epoch_matches_uninterrupted(tmp_path: Path, data: Path,
     capsys.readouterr()
     assert main(["train", "--resume", str(cut), "--quiet"]) == 0
     assert len(metrics(cut)) == 3
+    assert_same_weights(whole, cut)
+
+
+def test_a_checkpoint_from_before_step_schedules_resumes_the_same(tmp_path: Path, data: Path, capsys) -> None:
+    """A last.pt written when torch schedulers were checkpointed (optimizer groups without
+    peak_lr/horizon, a `scheduler` entry) resumes into the same run: the lr is recomputed from
+    the step."""
+    cfg = tiny_config(data, epochs=3).model_copy(update={"optim": OptimConfig(name="sgd", lr=0.1, nesterov=True)})
+    whole, cut = train_whole_and_cut(cfg, tmp_path)
+    state = load_checkpoint(cut / "last.pt")
+    for group in state["optimizer"]["param_groups"]:
+        del group["peak_lr"], group["horizon"]
+    save_checkpoint(cut / "last.pt", {**state, "scheduler": {"last_epoch": 7}})
+    assert main(["train", "--resume", str(cut), "--quiet"]) == 0, capsys.readouterr().err
+    assert_same_history(whole, cut)
     assert_same_weights(whole, cut)
 
 

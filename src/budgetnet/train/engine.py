@@ -512,7 +512,12 @@ class _Trainer:
         for path in damaged:  # kept for inspection, out of the way of the next last.pt -> previous.pt
             os.replace(path, path.with_name(path.name + ".damaged"))
         self.model.load_state_dict(state["model"])
+        built = [(g["peak_lr"], g["horizon"]) for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, (peak, horizon) in zip(self.optimizer.param_groups, built):
+            # Checkpoints written before the schedule became a function of the step lack these.
+            group.setdefault("peak_lr", peak)
+            group.setdefault("horizon", horizon)
         if self.plateau is not None and state.get("plateau") is not None:
             self.plateau.load_state_dict(state["plateau"])
         self.scaler.load_state_dict(state["scaler"])
