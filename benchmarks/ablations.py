@@ -44,6 +44,7 @@ ROWS: dict[str, dict[str, Any]] = {
                   "progressive": [{"until": 0.4, "size": 24}]}},
 }
 BASELINE = next(iter(ROWS))
+NO_TTA = "no TTA (the default run, evaluated without it)"
 
 
 def run_row(name: str, over: dict[str, Any], seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -75,11 +76,10 @@ def main() -> None:
         for name, over in ROWS.items():
             if (name, seed) not in seen:
                 record(out, done, run_row(name, over, seed, args))
-        if ("no TTA", seed) not in seen:
+        if (NO_TTA, seed) not in seen:
             base = next(d for d in done if d["row"] == BASELINE and d["seed"] == seed)
             result, _ = evaluate_checkpoint(Path(base["run_dir"]), data_path=args.data, split="val", tta=False)
-            record(out, done, {**base, "row": "no TTA (the default run, evaluated without it)",
-                               "val_acc_tta": result.accuracy})
+            record(out, done, {**base, "row": NO_TTA, "val_acc_tta": result.accuracy})
     write_table(Path(args.table), done, args)
 
 
