@@ -604,10 +604,9 @@ class _Trainer:
             finally:
                 progress.close()
         plot_curves(self.run_dir / "curves.png", st.history)
-        model_summary = summarize(self.cfg.model, self.cfg.budget)
         summary = {
             "params": self.params,
-            "flops": model_summary.flops,
+            "flops": self.flops_per_image,
             "images_seen": st.images_seen,
             "train_pflop": self._train_pflop(),
             "budget": self.cfg.budget,
