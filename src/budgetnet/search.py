@@ -2,8 +2,9 @@
 
 A *space file* (`SearchSpace`, YAML) names the run config every trial starts from (`base`) and
 the knobs to vary (`params`: dotted keys into that config, e.g. ``optim.lr``). A trial samples
-one value per knob, resolves them into a `RunConfig`, counts its parameters (instant, on the
-meta device) and rejects it untrained when it is over the budget. Otherwise it trains into
+one value per knob, resolves them into a `RunConfig` (the model's classes and input size from
+the data), counts its parameters (instant, on the meta device) and rejects it untrained when it
+is over the budget or any other limit of the space (FLOPs, bytes, latency). Otherwise it trains into
 ``<out>/trials/<number>/`` (a normal run directory) and reports validation accuracy after
 every epoch, so a Hyperband or successive-halving pruner can stop weak candidates early.
 
@@ -35,24 +36,29 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from budgetnet.config import (
     DEFAULT_RECIPE,
+    LIMIT_KEYS,
     RunConfig,
     build_config,
     deep_merge,
     dump_config,
+    fit_to_data,
     load_config,
+    read_data_shape,
     read_yaml_mapping,
 )
+from budgetnet.data import DataShape
 from budgetnet.errors import BudgetnetError
 from budgetnet.files import DirLock, atomic_write_bytes, write_csv, write_json, write_png
 from budgetnet.models import (
     Budget,
     ResNetSpec,
-    count_params,
     fit_to_budget,
     format_validation_error,
     parse_budget,
     summarize,
 )
+from budgetnet.models.budget import over_limits
+from budgetnet.models.limits import ByteSize, Flops
 from budgetnet.models.spec import BOTTLENECK_EXPANSION, validate_spec
 from budgetnet.plots import pyplot
 from budgetnet.train.callbacks import read_metrics
@@ -170,6 +176,11 @@ class SearchSpace(BaseModel):
         "flagship recipe",
     )
     budget: Budget | None = None
+    max_flops: Flops | None = None
+    max_bytes: ByteSize | None = None
+    int8_bytes: bool | None = None
+    max_latency_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
+    latency_batch: int | None = Field(None, ge=1, le=4096)
     fill_budget: FillBudget | None = None
     params: dict[str, ParamSpec] = Field(min_length=1)
     trials: int | None = Field(None, ge=1)
@@ -250,9 +261,7 @@ class SearchSpace(BaseModel):
         recipe, config = inline.pop("recipe", None), inline.pop("config", None)
         if not isinstance(recipe, (str, type(None))) or not isinstance(config, (str, type(None))):
             raise BudgetnetError("base: recipe and config must be a name and a file path")
-        own: dict[str, Any] = {}
-        if self.budget is not None:
-            own["budget"] = self.budget
+        own: dict[str, Any] = {key: getattr(self, key) for key in LIMIT_KEYS if getattr(self, key) is not None}
         if self.epochs is not None:
             own["train"] = {"epochs": self.epochs}
         inline = deep_merge(deep_merge(inline, own), dict(overrides or {}))
@@ -261,16 +270,19 @@ class SearchSpace(BaseModel):
         path = self._root / config if config is not None else None
         return load_config(path, inline, recipe=recipe).model_dump(mode="json")
 
-    def resolve(self, values: Mapping[str, Any], base: Mapping[str, Any]) -> RunConfig:
+    def resolve(self, values: Mapping[str, Any], base: Mapping[str, Any], shape: DataShape | None = None) -> RunConfig:
         """The run config of one candidate: `values` (param -> value) laid over `base` in the
-        order the params are written, then the width multiplier or budget fill applied to the
-        model. `BudgetnetError` when the combination is not a valid config; an unfillable shape
-        comes back unfitted (over the budget) for the caller to reject."""
+        order the params are written, the model fitted to the data's `shape` (classes, input
+        size) when given, then the width multiplier or budget fill applied to the model.
+        `BudgetnetError` when the combination is not a valid config; an unfillable shape comes
+        back unfitted (over a limit) for the caller to reject."""
         tree = copy.deepcopy(dict(base))
         for name, value in values.items():
             if name != WIDTH_KEY:
                 _set_in(tree, name, value, self.params[name].merge)
         cfg = build_config(tree, source="candidate")
+        if shape is not None:
+            cfg = fit_to_data(cfg, shape)
         spec = cfg.model
         if WIDTH_KEY in values:
             spec = _scale_widths(spec, float(values[WIDTH_KEY]))
@@ -278,12 +290,12 @@ class SearchSpace(BaseModel):
             fill = self.fill_budget
             try:
                 spec = fit_to_budget(
-                    cfg.budget, mode=fill.mode, base=spec, multiple=fill.multiple,
+                    cfg.limits, mode=fill.mode, base=spec, multiple=fill.multiple,
                     blocks=spec.blocks if fill.mode == "depth" else None,
                 )
             except BudgetnetError:
-                if count_params(spec) <= cfg.budget:
-                    raise  # not a budget problem: report it as the candidate's error
+                if over_limits(spec, cfg.limits) is None:
+                    raise  # not a limit problem: report it as the candidate's error
         return cfg.model_copy(update={"model": spec})
 
     def grid(self) -> dict[str, list[Any]]:
@@ -405,6 +417,7 @@ def run_search(
     sampler: SamplerName | None = None,
     pruner: PrunerName | None = None,
     budget: int | str | None = None,
+    limits: Mapping[str, Any] | None = None,
     epochs: int | None = None,
     data_overrides: Mapping[str, Any] | None = None,
     log: Sequence[str] | None = None,
@@ -417,7 +430,7 @@ def run_search(
     trials.csv, pareto.png, importance.png, best.yaml and summary.json into `out`.
 
     `trials`, `sampler`, `pruner`, `epochs` and `seed` default to the space file's; `budget`,
-    `epochs`, `data_overrides` and `log` (experiment trackers of every trial, e.g.
+    `limits` (run-config limit keys, e.g. ``{"max_flops": "300M"}``), `epochs`, `data_overrides` and `log` (experiment trackers of every trial, e.g.
     ["tensorboard"]) override its base config. `timeout` (seconds) stops starting
     new trials. `quiet=False` prints a line per finished trial on stderr; `verbose` adds
     Optuna's log and each trial's epoch lines.
@@ -434,6 +447,7 @@ def run_search(
         overrides["data"] = dict(data_overrides)
     if budget is not None:
         overrides["budget"] = parse_budget(budget)
+    overrides.update(limits or {})
     if epochs is not None:
         overrides.setdefault("train", {})["epochs"] = epochs
     if log:
@@ -441,6 +455,7 @@ def run_search(
     base = space.base_mapping(overrides)
     base_cfg = build_config(base)
     _check_data(base_cfg)
+    shape = read_data_shape(base_cfg)  # once: every candidate's model is fitted to it
     check_trackers(base_cfg.train.log)
     grid = space.grid() if sampler == "grid" else None
     total = trials or space.trials or (math.prod(len(v) for v in grid.values()) if grid else None)
@@ -464,7 +479,7 @@ def run_search(
             if not quiet:
                 callbacks.append(_print_trial)
             study.optimize(
-                _Objective(space, base, out, verbose), n_trials=remaining, timeout=timeout,
+                _Objective(space, base, shape, out, verbose), n_trials=remaining, timeout=timeout,
                 callbacks=callbacks, gc_after_trial=True,
             )
     return write_report(study, out, url)
@@ -575,10 +590,10 @@ def _drop_checkpoints(run_dir: Path, keep_best: bool) -> None:
 
 
 class _Objective:
-    """One trial: sample, resolve, reject over budget, train with per-epoch pruning."""
+    """One trial: sample, resolve, reject over a limit, train with per-epoch pruning."""
 
-    def __init__(self, space: SearchSpace, base: dict[str, Any], out: Path, verbose: bool) -> None:
-        self.space, self.base, self.out, self.verbose = space, base, out, verbose
+    def __init__(self, space: SearchSpace, base: dict[str, Any], shape: DataShape, out: Path, verbose: bool) -> None:
+        self.space, self.base, self.shape, self.out, self.verbose = space, base, shape, out, verbose
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
@@ -597,15 +612,15 @@ class _Objective:
             cfg, run_dir = resumed
         else:
             try:
-                cfg = self.space.resolve(values, self.base)
+                cfg = self.space.resolve(values, self.base, self.shape)
             except BudgetnetError as exc:
                 _prune(trial, f"error: {exc}", error=True)
             run_dir = self.out / "trials" / str(trial.number)
         counted = summarize(cfg.model, cfg.budget)
         trial.set_user_attr("params", counted.params)
         trial.set_user_attr("flops", counted.flops)
-        if counted.params > cfg.budget:
-            _prune(trial, f"over budget: {counted.params:,} > {cfg.budget:,} parameters", over_budget=True)
+        if (reason := over_limits(cfg.model, cfg.limits)) is not None:
+            _prune(trial, f"over budget: the candidate {reason}", over_budget=True)
         trial.set_user_attr("run_dir", run_dir.relative_to(self.out).as_posix())
         trial.set_user_attr("config", cfg.model_dump(mode="json"))
         if resumed is not None:

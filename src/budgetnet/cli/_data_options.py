@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from budgetnet.errors import BudgetnetError
+
 DataPathOpt = Annotated[str | None, typer.Option(
     "--data", metavar="PATH",
     help="Dataset: a cifar-10-batches-py folder or cifar-10-python.tar.gz, an image folder or "
@@ -18,11 +20,16 @@ DataPathOpt = Annotated[str | None, typer.Option(
 DownloadOpt = Annotated[bool, typer.Option(
     "--download", help="Fetch CIFAR-10 (python version) into the --data folder if it is not "
                        "there yet (default folder: the cache).")]
+DownloadCifar100Opt = Annotated[bool, typer.Option(
+    "--download-cifar100", help="Fetch CIFAR-100 (python version) the same way.")]
+LabelsOpt = Annotated[Literal["fine", "coarse"] | None, typer.Option(
+    "--labels", help="CIFAR-100's labels: fine (100 classes) or coarse (its 20 superclasses) "
+                     "[default: fine]; other datasets have one set.")]
 ResizeOpt = Annotated[Literal["stretch", "center-crop"] | None, typer.Option(
     "--resize", help="How to fit images whose size differs from the input size; without it "
                      "they are an error.")]
 InputSizeOpt = Annotated[int | None, typer.Option(
-    "--input-size", min=1, help="Image side length the model takes [default: 32].")]
+    "--input-size", min=1, help="Image side length the model takes [default: the images' own].")]
 ValSizeOpt = Annotated[int | None, typer.Option(
     "--val-size", min=0, help="Stratified validation images carved from train; 0 trains on "
                               "everything [default: 5000].")]
@@ -44,13 +51,17 @@ def data_overrides(
     split_seed: int | None = None,
     subset: int | None = None,
     no_cache: bool = False,
+    labels: str | None = None,
+    download_cifar100: bool = False,
 ) -> dict[str, Any]:
     """The `DataConfig` fields set by the options above; options not given are left out."""
     values = {"path": data, "resize": resize, "input_size": input_size, "val_size": val_size,
-              "split_seed": split_seed, "subset": subset}
+              "split_seed": split_seed, "subset": subset, "labels": labels}
     out: dict[str, Any] = {k: v for k, v in values.items() if v is not None}
-    if download:
-        out["download"] = True
+    if download and download_cifar100:
+        raise BudgetnetError("give --download (CIFAR-10) or --download-cifar100, not both")
+    if download or download_cifar100:
+        out["download"] = "cifar100" if download_cifar100 else True
     if no_cache:
         out["cache"] = False
     return out

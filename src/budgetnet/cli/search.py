@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from budgetnet.cli._app import app
-from budgetnet.cli._data_options import DataPathOpt, DownloadOpt, SubsetOpt, ValSizeOpt, data_overrides
+from budgetnet.cli._budget_options import (
+    Int8BytesOption,
+    LatencyBatchOption,
+    MaxBytesOption,
+    MaxFlopsOption,
+    MaxLatencyOption,
+    limit_overrides,
+)
+from budgetnet.cli._data_options import DataPathOpt, DownloadOpt, LabelsOpt, SubsetOpt, ValSizeOpt, data_overrides
 from budgetnet.errors import BudgetnetError
 
 if TYPE_CHECKING:
@@ -23,12 +31,18 @@ if TYPE_CHECKING:
 def search(
     space: Annotated[Path, typer.Option("--space", help="Space file (YAML); see configs/search/.")],
     budget: Annotated[str | None, typer.Option("--budget", help="Parameter budget, e.g. 5M [default: the space file's].")] = None,
+    max_flops: MaxFlopsOption = None,
+    max_bytes: MaxBytesOption = None,
+    int8_bytes: Int8BytesOption = False,
+    max_latency_ms: MaxLatencyOption = None,
+    latency_batch: LatencyBatchOption = None,
     trials: Annotated[int | None, typer.Option("--trials", min=1, help="Finished trials the study should hold; trials already in it count.")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Epochs per trial (the most a pruner lets one run).")] = None,
     storage: Annotated[str | None, typer.Option("--storage", help="SQLAlchemy URL of the study [default: sqlite:///OUT/study.db]; share one (e.g. postgresql://...) to run workers on several machines.")] = None,
     study: Annotated[str | None, typer.Option("--study", help="Study name [default: the space file's name].")] = None,
     data: DataPathOpt = None,
     download: DownloadOpt = False,
+    labels: LabelsOpt = None,
     subset: SubsetOpt = None,
     val_size: ValSizeOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Search directory [default: searches/<study>].")] = None,
@@ -41,7 +55,7 @@ def search(
     verbose: Annotated[bool, typer.Option("--verbose", help="Optuna's log and every trial's epoch lines.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary JSON instead of the table.")] = False,
 ) -> None:
-    """Search models and training settings for the most accurate network under a budget."""
+    """Search models and training settings for the most accurate network under a budget and any other limits."""
     from budgetnet.search import load_space, run_search
     from budgetnet.train.engine import TrainingInterrupted
 
@@ -51,7 +65,8 @@ def search(
         result = run_search(
             spec, out=out or Path("searches") / name, trials=trials, storage=storage, study_name=name,
             sampler=sampler, pruner=pruner, budget=budget, epochs=epochs, timeout=timeout, seed=seed,
-            data_overrides=data_overrides(data, download, val_size=val_size, subset=subset),
+            limits=limit_overrides(None, max_flops, max_bytes, int8_bytes, max_latency_ms, latency_batch),
+            data_overrides=data_overrides(data, download, val_size=val_size, subset=subset, labels=labels),
             log=log,
             quiet=json_out, verbose=verbose,
         )

@@ -9,9 +9,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from budgetnet.cli._app import app
+from budgetnet.cli._budget_options import (
+    Int8BytesOption,
+    LatencyBatchOption,
+    MaxBytesOption,
+    MaxFlopsOption,
+    MaxLatencyOption,
+    limit_overrides,
+)
 from budgetnet.cli._data_options import (
     DataPathOpt,
+    DownloadCifar100Opt,
     DownloadOpt,
+    LabelsOpt,
     NoCacheOpt,
     ResizeOpt,
     SplitSeedOpt,
@@ -60,6 +70,8 @@ def train(
     name: Annotated[str | None, typer.Option("--name", help="Run name, used in the directory name.")] = None,
     data: DataPathOpt = None,
     download: DownloadOpt = False,
+    download_cifar100: DownloadCifar100Opt = False,
+    labels: LabelsOpt = None,
     resize: ResizeOpt = None,
     val_size: ValSizeOpt = None,
     split_seed: SplitSeedOpt = None,
@@ -82,6 +94,11 @@ def train(
     input_size: InputSizeOption = None,
     head_scale: HeadScaleOption = None,
     budget: Annotated[str | None, typer.Option("--budget", help="Parameter budget, e.g. 5M.")] = None,
+    max_flops: MaxFlopsOption = None,
+    max_bytes: MaxBytesOption = None,
+    int8_bytes: Int8BytesOption = False,
+    max_latency_ms: MaxLatencyOption = None,
+    latency_batch: LatencyBatchOption = None,
     allow_over_budget: Annotated[bool, typer.Option("--allow-over-budget", help="Train even if over budget.")] = False,
     epochs: Annotated[int | None, typer.Option("--epochs")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
@@ -144,7 +161,7 @@ def config_overrides(p: dict[str, Any]) -> dict[str, Any]:
     in its context) set; options not given are left out."""
     overrides: dict[str, Any] = {}
     data_over = data_overrides(p["data"], p["download"], p["resize"], p["input_size"], p["val_size"], p["split_seed"],
-                               p["subset"], p["no_cache"])
+                               p["subset"], p["no_cache"], p["labels"], p["download_cifar100"])
     if data_over:
         overrides["data"] = data_over
     model_over = model_overrides(**{k: p[k] for k in (
@@ -156,9 +173,10 @@ def config_overrides(p: dict[str, Any]) -> dict[str, Any]:
         model_over = {"preset": None, **model_over}  # a fresh spec, not an edit of the recipe's model
     if model_over:
         overrides["model"] = model_over
-    for key in ("name", "budget"):
-        if p[key] is not None:
-            overrides[key] = p[key]
+    if p["name"] is not None:
+        overrides["name"] = p["name"]
+    overrides.update(limit_overrides(p["budget"], p["max_flops"], p["max_bytes"], p["int8_bytes"], p["max_latency_ms"],
+                                     p["latency_batch"]))
     if p["allow_over_budget"]:
         overrides["allow_over_budget"] = True
     for key, option in (("epochs", "epochs"), ("batch_size", "batch_size"), ("seed", "seed"),

@@ -249,3 +249,22 @@ def validate_spec(fields: Mapping[str, Any], section: str | None = "model") -> R
         return ResNetSpec.model_validate(dict(fields))
     except ValidationError as exc:
         raise BudgetnetError(f"invalid model spec: {format_validation_error(exc, section)}") from None
+
+
+def match_data(fields: Mapping[str, Any], classes: int, input_size: int, data_name: str) -> dict[str, Any]:
+    """Spec `fields` with ``classes`` and ``input_size`` taken from the data (`classes`
+    classes of `input_size`-pixel images) where they are not set; a one-line `BudgetnetError`
+    where they are set to something else, since that model could not train on that data."""
+    out = dict(fields)
+    if out.setdefault("classes", classes) != classes:
+        raise BudgetnetError(
+            f"model.classes is {out['classes']} but {data_name} has {classes} classes; leave model.classes out "
+            f"(it follows the data) or make it {classes}"
+        )
+    if out.setdefault("input_size", input_size) != input_size:
+        raise BudgetnetError(
+            f"model.input_size is {out['input_size']} but the images of {data_name} are {input_size}x{input_size} "
+            "(data.input_size, else their own size); leave model.input_size out (it follows the data) or make the "
+            "two equal"
+        )
+    return out

@@ -37,12 +37,13 @@ import torch
 from torch import nn
 
 import budgetnet
-from budgetnet.config import RunConfig, dump_config
+from budgetnet.config import RunConfig, dump_config, fit_to_data
 from budgetnet.data import BatchAugment, DeviceLoader, prepare_data
 from budgetnet.errors import BudgetnetError
 from budgetnet.evaluate import evaluate_loader
 from budgetnet.files import LOCK_NAME, DirLock, atomic_write_bytes, write_json
 from budgetnet.models import build_model, count_params, summarize
+from budgetnet.models.budget import over_limits
 from budgetnet.runtime import autocast_dtype, compile_model, resolve_device, use_channels_last
 from budgetnet.train.callbacks import EarlyStopping, ProgressReporter, plot_curves, write_metrics
 from budgetnet.train.checkpoint import load_checkpoint, save_checkpoint
@@ -138,7 +139,7 @@ def train(
         on_epoch_end = epoch_loggers(cfg, run_dir, lambda: trainer.state.global_step, on_epoch_end)
         trainer = _Trainer(cfg, run_dir, quiet, on_epoch_end)  # a bad --data leaves no half-made run behind
         if not resume:
-            atomic_write_bytes(run_dir / "config.yaml", dump_config(cfg).encode())
+            atomic_write_bytes(run_dir / "config.yaml", dump_config(trainer.cfg).encode())
         return trainer.run(resume)
 
 
@@ -146,14 +147,12 @@ class _Trainer:
     def __init__(
         self, cfg: RunConfig, run_dir: Path, quiet: bool, on_epoch_end: Callable[[dict[str, float]], None] | None
     ) -> None:
+        cfg = fit_to_data(cfg)  # the model's classes and input size follow the data, then the limits apply
         self.cfg, self.run_dir, self.quiet, self.on_epoch_end = cfg, run_dir, quiet, on_epoch_end
         tc = cfg.train
+        if not cfg.allow_over_budget and (reason := over_limits(cfg.model, cfg.limits)) is not None:
+            raise BudgetnetError(f"the model {reason}; shrink it (budgetnet fit) or pass --allow-over-budget")
         params = count_params(cfg.model)
-        if params > cfg.budget and not cfg.allow_over_budget:
-            raise BudgetnetError(
-                f"model has {params:,} trainable parameters, over the budget of {cfg.budget:,}; "
-                "shrink it (budgetnet fit) or pass --allow-over-budget"
-            )
         self.device = resolve_device(tc.device)
         if tc.threads:
             torch.set_num_threads(tc.threads)
@@ -187,8 +186,9 @@ class _Trainer:
             if stage.size > cfg.model.input_size:
                 raise BudgetnetError(f"progressive size {stage.size} is larger than the input size "
                                      f"{cfg.model.input_size}; stages train on downscaled images")
+        # Resolved first: a smaller image goes through the strides built at full size.
         self.stage_flops = {
-            s.size: summarize(cfg.model.model_copy(update={"input_size": s.size}), cfg.budget).flops
+            s.size: summarize(cfg.model.resolved().model_copy(update={"input_size": s.size}), cfg.budget).flops
             for s in tc.progressive
         }
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16 and self.device.type == "cuda")
