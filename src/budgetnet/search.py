@@ -247,8 +247,12 @@ class SearchSpace(BaseModel):
         return self
 
     def base_mapping(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The run config trials start from, as a plain mapping: the base (recipe <- config file
-        <- inline sections), then this file's budget and epochs, then `overrides`. As with
+        """`base_config` as a plain mapping."""
+        return self.base_config(overrides).model_dump(mode="json")
+
+    def base_config(self, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+        """The run config trials start from: the base (recipe <- config file <- inline
+        sections), then this file's limits and epochs, then `overrides`. As with
         `load_config`, inline sections without a recipe or file stand on their own (defaults
         fill the rest) and no base at all means the flagship recipe."""
         if self.base is None:
@@ -266,9 +270,9 @@ class SearchSpace(BaseModel):
             own["train"] = {"epochs": self.epochs}
         inline = deep_merge(deep_merge(inline, own), dict(overrides or {}))
         if recipe is None and config is None:
-            return build_config(inline, source="base").model_dump(mode="json")
+            return build_config(inline, source="base")
         path = self._root / config if config is not None else None
-        return load_config(path, inline, recipe=recipe).model_dump(mode="json")
+        return load_config(path, inline, recipe=recipe)
 
     def resolve(self, values: Mapping[str, Any], base: Mapping[str, Any], shape: DataShape | None = None) -> RunConfig:
         """The run config of one candidate: `values` (param -> value) laid over `base` in the
@@ -452,10 +456,11 @@ def run_search(
         overrides.setdefault("train", {})["epochs"] = epochs
     if log:
         overrides.setdefault("train", {})["log"] = list(log)
-    base = space.base_mapping(overrides)
-    base_cfg = build_config(base)
+    base_cfg = space.base_config(overrides)
     _check_data(base_cfg)
-    shape = read_data_shape(base_cfg)  # once: every candidate's model is fitted to it
+    # Read once; the base's model and every candidate's take their classes and input size from it.
+    shape = read_data_shape(base_cfg)
+    base = fit_to_data(base_cfg, shape).model_dump(mode="json")
     check_trackers(base_cfg.train.log)
     grid = space.grid() if sampler == "grid" else None
     total = trials or space.trials or (math.prod(len(v) for v in grid.values()) if grid else None)
