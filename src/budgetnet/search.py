@@ -4,7 +4,7 @@ A *space file* (`SearchSpace`, YAML) names the run config every trial starts fro
 the knobs to vary (`params`: dotted keys into that config, e.g. ``optim.lr``). A trial samples
 one value per knob, resolves them into a `RunConfig` (the model's classes and input size from
 the data), counts its parameters (instant, on the meta device) and rejects it untrained when it
-is over the budget or any other limit of the space (FLOPs, bytes, latency). Otherwise it trains into
+is over the budget or any other limit (FLOPs, bytes, latency). Otherwise it trains into
 ``<out>/trials/<number>/`` (a normal run directory) and reports validation accuracy after
 every epoch, so a Hyperband or successive-halving pruner can stop weak candidates early.
 
@@ -434,8 +434,9 @@ def run_search(
     trials.csv, pareto.png, importance.png, best.yaml and summary.json into `out`.
 
     `trials`, `sampler`, `pruner`, `epochs` and `seed` default to the space file's; `budget`,
-    `limits` (run-config limit keys, e.g. ``{"max_flops": "300M"}``), `epochs`, `data_overrides` and `log` (experiment trackers of every trial, e.g.
-    ["tensorboard"]) override its base config. `timeout` (seconds) stops starting
+    `limits` (run-config limit keys, e.g. ``{"max_flops": "300M"}``), `epochs`,
+    `data_overrides` and `log` (experiment trackers of every trial, e.g. ["tensorboard"])
+    override its base config. `timeout` (seconds) stops starting
     new trials. `quiet=False` prints a line per finished trial on stderr; `verbose` adds
     Optuna's log and each trial's epoch lines.
     """
