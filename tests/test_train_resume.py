@@ -19,7 +19,7 @@ from budgetnet.cli import main
 from budgetnet.config import RunConfig, load_config
 from budgetnet.train import engine
 from budgetnet.train.checkpoint import load_checkpoint, save_checkpoint
-from budgetnet.train.optim import OptimConfig
+from budgetnet.train.optim import SGDConfig
 
 TIMING_COLUMNS = {"seconds", "train_seconds"}
 
@@ -106,7 +106,7 @@ def test_a_checkpoint_from_before_step_schedules_resumes_the_same(tmp_path: Path
     """A last.pt written when torch schedulers were checkpointed (optimizer groups without
     peak_lr/horizon, a `scheduler` entry) resumes into the same run: the lr is recomputed from
     the step."""
-    cfg = tiny_config(data, epochs=3).model_copy(update={"optim": OptimConfig(name="sgd", lr=0.1, nesterov=True)})
+    cfg = tiny_config(data, epochs=3).model_copy(update={"optim": SGDConfig(lr=0.1, nesterov=True)})
     whole, cut = train_whole_and_cut(cfg, tmp_path)
     state = load_checkpoint(cut / "last.pt")
     for group in state["optimizer"]["param_groups"]:

@@ -16,7 +16,7 @@ from budgetnet.cli import main
 from budgetnet.config import TrainConfig
 from budgetnet.train import engine
 from budgetnet.train.checkpoint import load_checkpoint
-from budgetnet.train.schedules import ScheduleConfig, lr_factor
+from budgetnet.train.schedules import LinearSchedule, ScheduleConfig, lr_factor
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def lrs(cfg: ScheduleConfig, spe: int, epochs: int, total_steps: int | None) -> 
 
 
 def test_compressed_schedule_keeps_its_shape_in_fewer_steps() -> None:
-    cfg = ScheduleConfig(name="linear", warmup_epochs=1.0, warmup_start_factor=0.1)
+    cfg = LinearSchedule(warmup_epochs=1.0, warmup_start_factor=0.1)
     full = lrs(cfg, spe=100, epochs=10, total_steps=None)  # warm-up 100 steps of 1,000
     short = lrs(cfg, spe=100, epochs=10, total_steps=250)  # the same recipe in a quarter
     assert max(full) == max(short) == pytest.approx(1.0)

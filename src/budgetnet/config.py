@@ -22,8 +22,9 @@ from budgetnet.data import AugmentConfig, DataConfig
 from budgetnet.errors import BudgetnetError
 from budgetnet.models import Budget, ResNetSpec, format_validation_error, get_preset, load_model_section
 from budgetnet.train.callbacks import EarlyStoppingConfig
-from budgetnet.train.optim import OptimConfig
-from budgetnet.train.schedules import ScheduleConfig
+from budgetnet.train.optim import OptimConfig, SGDConfig
+from budgetnet.train.schedules import CosineSchedule, ScheduleConfig
+from budgetnet.train.tagged import kinds
 
 DEFAULT_RECIPE = "flagship"
 
@@ -118,8 +119,8 @@ class RunConfig(BaseModel):
     model: ResNetSpec = Field(default_factory=lambda: get_preset(DEFAULT_RECIPE))
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    optim: OptimConfig = Field(default_factory=SGDConfig)
+    schedule: ScheduleConfig = Field(default_factory=CosineSchedule)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @field_validator("model", mode="before")
@@ -209,14 +210,30 @@ def _expanded_size(data: Any) -> int:
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """`override` wins; nested mappings merge key by key. A model `preset` replaces the section."""
-    merged = dict(base)
+    """`override` wins; nested mappings merge key by key. A model `preset` replaces the section;
+    an override naming another optimizer or schedule keeps only the settings of the base that
+    the new one takes (`--optimizer adam` over a recipe's SGD drops its momentum)."""
+    merged = settings_kept(base, override.get("name"))
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict) and "preset" not in value:
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
+
+
+_TAGGED_SECTIONS = (kinds(OptimConfig), kinds(ScheduleConfig))
+
+
+def settings_kept(section: dict[str, Any], new_name: Any) -> dict[str, Any]:
+    """`section` without the settings the kind `new_name` does not take, when `section` is an
+    optimizer or schedule section of another kind (about to be renamed `new_name`); otherwise
+    all of it."""
+    for by_name in _TAGGED_SECTIONS:
+        settings = {key for kind in by_name.values() for key in kind.model_fields}
+        if new_name in by_name and section.get("name", new_name) != new_name and set(section) <= settings:
+            return {key: value for key, value in section.items() if key in by_name[new_name].model_fields}
+    return dict(section)
 
 
 def build_config(mapping: dict[str, Any], source: str = "config") -> RunConfig:

@@ -41,6 +41,7 @@ from budgetnet.config import (
     dump_config,
     load_config,
     read_yaml_mapping,
+    settings_kept,
 )
 from budgetnet.errors import BudgetnetError
 from budgetnet.files import DirLock, atomic_write_bytes, write_csv, write_json, write_png
@@ -330,6 +331,10 @@ def _set_in(tree: dict[str, Any], key: str, value: Any, merge: bool) -> None:
     if merge and isinstance(value, dict) and isinstance(node.get(last), dict):
         node[last] = deep_merge(node[last], value)
     else:
+        if last == "name":  # another optimizer or schedule: the base's settings it does not take go
+            kept = settings_kept(node, value)
+            node.clear()
+            node.update(kept)
         node[last] = value
 
 
