@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_synthetic, train_tiny, write_npz
+from conftest import make_synthetic, rewrite_checkpoint, train_tiny, write_npz
 from PIL import Image
 
 from budgetnet.cli import main
@@ -106,6 +106,28 @@ def test_last_checkpoint_evaluates_like_best(run: Path, capsys) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert report["accuracy"] == pytest.approx(summary["final_val_acc"], abs=1e-9)
     assert report["checkpoint"].endswith("last.pt") and report["classes"] == CLASSES
+
+
+def test_last_checkpoint_of_an_ema_run_evaluates_the_weights_it_validated(data: Path, tmp_path: Path,
+                                                                         capsys) -> None:
+    """With an EMA of the weights, validation ran the EMA: last.pt evaluates those weights."""
+    run = train_tiny(data, tmp_path / "ema", "--val-size", "30", "--set", "train.ema_decay=0.5")
+    capsys.readouterr()
+    code, out, err = evaluate(capsys, run / "last.pt", "--json", "--tta")
+    assert code == 0, err
+    final = (run / "metrics.csv").read_text().splitlines()
+    val_loss = float(dict(zip(final[0].split(","), final[-1].split(",")))["val_loss"])
+    assert json.loads(out)["loss"] == pytest.approx(val_loss, rel=1e-5)
+
+
+def test_a_checkpoint_of_another_format_version_is_one_line_naming_it(run: Path, capsys) -> None:
+    """best.pt and last.pt carry their layout's version; one this budgetnet does not read (a
+    later one, or one from before versions) is refused in one line that names it."""
+    rewrite_checkpoint(run / "best.pt", lambda payload: {**payload, "format_version": 2})
+    line = fails(capsys, run)
+    assert str(run / "best.pt") in line and "format version 2" in line and "reads version 1" in line
+    rewrite_checkpoint(run / "last.pt", lambda payload: {k: v for k, v in payload.items() if k != "format_version"})
+    assert "no format version" in fails(capsys, run / "last.pt")
 
 
 def test_test_split_of_an_npz(run: Path, data: Path, capsys) -> None:

@@ -70,7 +70,7 @@ def test_a_resumed_budgeted_run_keeps_its_plan(tmp_path: Path, data: Path, monke
     monkeypatch.setattr(engine._Trainer, "_time_steps", lambda self: (1.0, 0.5, 1.0))
     cfg = tiny_config(data, time_budget_s=10.4)  # 10 of the 3 x 7 steps: all of epoch 1, 3 of epoch 2
     whole, cut = train_whole_and_cut(cfg, tmp_path)
-    assert load_checkpoint(cut / "last.pt")["progress"]["planned_steps"] == 10
+    assert load_checkpoint(cut / "last.pt").resume.progress.planned_steps == 10
     # Were the plan made again, this "measurement" would allow all 21 steps.
     monkeypatch.setattr(engine._Trainer, "_time_steps", lambda self: (0.01, 0.5, 1.0))
     assert main(["train", "--resume", str(cut), "--quiet"]) == 0, capsys.readouterr().err
@@ -86,7 +86,7 @@ def test_a_new_plan_moves_the_schedule_at_once(tmp_path: Path, data: Path) -> No
     trainer = engine._Trainer(cfg, tmp_path, quiet=True, on_epoch_end=None)
     peak = trainer.optimizer.param_groups[0]["peak_lr"]
     for planned in (21, 10):
-        trainer.state.planned_steps = planned
+        trainer.progress.planned_steps = planned
         trainer._set_lr(8)
         expected = peak * lr_factor(cfg.schedule, 8, planned, cfg.train.epochs)
         assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
