@@ -130,6 +130,21 @@ def test_a_checkpoint_of_another_format_version_is_one_line_naming_it(run: Path,
     assert "no format version" in fails(capsys, run / "last.pt")
 
 
+def test_a_checkpoint_whose_config_holds_every_kinds_settings_still_evaluates(run: Path, capsys) -> None:
+    """Run configs once held every optimizer's and schedule's settings in one section each;
+    such a checkpoint loads, the settings its kinds do not use dropped."""
+    every_optim = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
+                   "no_decay_bn_bias": False, "bn_bias_lr_scale": 1.0, "betas": [0.9, 0.999], "eps": 1e-8,
+                   "head_lr_scale": 1.0, "stem_bias_fraction": 1.0, "muon_lr": 0.24, "muon_momentum": 0.6}
+    every_schedule = {"name": "linear", "warmup_epochs": 0.0, "warmup_start_factor": 0.1, "min_lr_factor": 0.0,
+                      "step_epochs": [30.0], "gamma": 0.1, "restart_epochs": 10.0, "restart_mult": 1,
+                      "plateau_patience": 5, "plateau_mode": "val_acc", "cyclic_epochs_up": 2.0, "pct_start": 0.25}
+    rewrite_checkpoint(run / "best.pt", lambda payload: {
+        **payload, "config": {**payload["config"], "optim": every_optim, "schedule": every_schedule}})
+    code, out, err = evaluate(capsys, run, "--json")
+    assert code == 0, err
+
+
 def test_test_split_of_an_npz(run: Path, data: Path, capsys) -> None:
     code, out, err = evaluate(capsys, run / "best.pt", "--data", data, "--split", "test", "--json")
     assert code == 0, err

@@ -12,25 +12,12 @@ from rich.console import Console
 from rich.table import Table
 
 from budgetnet.cli._app import app
+from budgetnet.cli._flags import GroupedHelp
 from budgetnet.cli._model_options import (
-    ActivationOption,
-    BlockKernelsOption,
-    BlockOption,
-    BlocksOption,
-    ChannelsOption,
-    ClassesOption,
     ConfigOption,
-    DropoutOption,
-    HeadScaleOption,
-    InputSizeOption,
-    PoolOption,
     PresetOption,
-    SkipKernelOption,
-    StageKindsOption,
-    StemKernelOption,
-    StemWidthOption,
-    StridesOption,
     model_fields_from_cli,
+    model_flags,
     model_overrides,
     spec_from_cli,
 )
@@ -73,50 +60,19 @@ def _budget_line(params: int, budget: int) -> str:
     return f"Budget {budget:,}: OVER by {params - budget:,}"
 
 
-@app.command()
+@app.command(cls=GroupedHelp)
+@model_flags
 def summary(
+    model: dict[str, Any],
     preset: PresetOption = None,
     config: ConfigOption = None,
-    blocks: BlocksOption = None,
-    channels: ChannelsOption = None,
-    strides: StridesOption = None,
-    stage_kinds: StageKindsOption = None,
-    block_kernels: BlockKernelsOption = None,
-    skip_kernel: SkipKernelOption = None,
-    stem_width: StemWidthOption = None,
-    stem_kernel: StemKernelOption = None,
-    pool: PoolOption = None,
-    block: BlockOption = None,
-    activation: ActivationOption = None,
-    classes: ClassesOption = None,
-    dropout: DropoutOption = None,
-    input_size: InputSizeOption = None,
-    head_scale: HeadScaleOption = None,
     budget: BudgetOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Per-layer table, trainable params, FLOPs per image, size and budget fit of a model."""
     from budgetnet.models import summarize
 
-    spec = spec_from_cli(
-        preset,
-        config,
-        blocks=blocks,
-        channels=channels,
-        strides=strides,
-        stage_kinds=stage_kinds,
-        block_kernels=block_kernels,
-        skip_kernel=skip_kernel,
-        stem_width=stem_width,
-        stem_kernel=stem_kernel,
-        pool=pool,
-        block=block,
-        activation=activation,
-        classes=classes,
-        dropout=dropout,
-        input_size=input_size,
-        head_scale=head_scale,
-    )
+    spec = spec_from_cli(preset, config, model)
     result = summarize(spec, _budget(budget))
     if as_json:
         _echo_json(result.to_dict())
@@ -211,32 +167,19 @@ def _floats(flag: str, text: str | None) -> list[float] | None:
         raise BudgetnetError(f"{flag} {text!r} is not a comma-separated list of numbers, e.g. 1,2,4") from None
 
 
-@app.command()
+@app.command(cls=GroupedHelp)
+@model_flags
 def fit(
+    model: dict[str, Any],
     preset: PresetOption = None,
     config: ConfigOption = None,
-    blocks: BlocksOption = None,
     width_ratios: Annotated[
         str | None, typer.Option("--width-ratios", help="Width of each layer relative to the base, e.g. 1,2,4.")
     ] = None,
-    channels: ChannelsOption = None,
     mode: Annotated[
         str, typer.Option("--mode", help="width: widest net of that depth; depth: most blocks at fixed channels.")
     ] = "width",
     multiple: Annotated[int, typer.Option("--multiple", help="Round every width to a multiple of this.")] = 1,
-    strides: StridesOption = None,
-    stage_kinds: StageKindsOption = None,
-    block_kernels: BlockKernelsOption = None,
-    skip_kernel: SkipKernelOption = None,
-    stem_width: StemWidthOption = None,
-    stem_kernel: StemKernelOption = None,
-    pool: PoolOption = None,
-    block: BlockOption = None,
-    activation: ActivationOption = None,
-    classes: ClassesOption = None,
-    dropout: DropoutOption = None,
-    input_size: InputSizeOption = None,
-    head_scale: HeadScaleOption = None,
     budget: BudgetOption = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write the spec here as YAML (for --config).")] = None,
     as_json: JsonOption = False,
@@ -247,24 +190,8 @@ def fit(
     if mode not in ("width", "depth"):
         raise BudgetnetError(f"--mode {mode!r} must be width or depth")
     # --blocks/--channels go to the fit itself: in depth mode --blocks is the starting depth.
-    base = model_fields_from_cli(
-        preset,
-        config,
-        strides=strides,
-        stage_kinds=stage_kinds,
-        block_kernels=block_kernels,
-        skip_kernel=skip_kernel,
-        stem_width=stem_width,
-        stem_kernel=stem_kernel,
-        pool=pool,
-        block=block,
-        activation=activation,
-        classes=classes,
-        dropout=dropout,
-        input_size=input_size,
-        head_scale=head_scale,
-    )
-    shape = model_overrides(blocks=blocks, channels=channels)
+    shape = model_overrides({key: model.pop(key) for key in ("blocks", "channels")})
+    base = model_fields_from_cli(preset, config, model)
     limit = _budget(budget)
     spec = fit_to_budget(
         limit,
