@@ -38,8 +38,8 @@ def tagged_union(*members: type[BaseModel], noun: str, default: str,
     def validate(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         if not isinstance(value, Mapping):
             return handler(value)  # a model instance, or a type error pydantic words
-        fields = {"name": default, **value}
-        kind = by_name.get(fields["name"])
+        fields = {"name": default} | dict(value)
+        kind = by_name.get(fields["name"]) if isinstance(fields["name"], str) else None
         if kind is None:
             expected = ", ".join(repr(name) for name in by_name)
             raise _error(("name", "literal_error", fields["name"], {"expected": expected}))
