@@ -491,17 +491,17 @@ def run_search(
         return write_report(study, store) if last else study_result(study, store)
 
 
-def report_search(out: Path | str, storage: str | None = None, study_name: str | None = None) -> SearchResult:
+def report_search(out: Path | str, url: str | None = None, study_name: str | None = None) -> SearchResult:
     """Write the report of a search's study into `out` now, whichever worker ran its trials:
-    the study in `out`'s journal, or at `storage` (then `out` may be any directory). The
-    study name may be left out when the storage holds one study."""
+    the study in `out`'s journal, or in the database at `url` (then `out` may be any
+    directory). The study name may be left out when the storage holds one study."""
     out = Path(out).resolve()
-    store = StudyStore.resolve(out, storage)
+    store = StudyStore.resolve(out, url)
     if store.url is None and not (out / JOURNAL).is_file():
         raise BudgetnetError(f"{out} holds no search; pass the search's --out, or --storage with its database URL")
     try:
-        storage_ = store.storage()
-        names = optuna.get_all_study_names(storage_)
+        storage = store.storage()
+        names = optuna.get_all_study_names(storage)
     except (ImportError, ValueError, OSError, sqlalchemy.exc.SQLAlchemyError) as exc:
         raise BudgetnetError(f"cannot read {store.label}: {exc}") from None
     if study_name is None and len(names) != 1:
@@ -510,7 +510,7 @@ def report_search(out: Path | str, storage: str | None = None, study_name: str |
     if name not in names:
         raise BudgetnetError(f"{store.label} holds no study {name!r}; it holds: {', '.join(names) or 'none'}")
     out.mkdir(parents=True, exist_ok=True)
-    return write_report(optuna.load_study(study_name=name, storage=storage_), store)
+    return write_report(optuna.load_study(study_name=name, storage=storage), store)
 
 
 def _check_data(cfg: RunConfig) -> None:

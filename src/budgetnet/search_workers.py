@@ -282,8 +282,9 @@ def _process_main(target: Callable[[Any], None], job: Any) -> None:
 
 def run_processes(target: Callable[[Any], None], jobs: list[Any]) -> list[int]:
     """Run `target(job)` for each job in its own process (spawned: no state forked from this
-    one) and wait for them all; their exit codes (negative: killed by that signal). A Ctrl-C
-    or SIGTERM here is passed on to them, and they are waited for."""
+    one) and wait for them all; their exit codes (negative: killed by that signal). A SIGTERM
+    here is passed on to them (a terminal's Ctrl-C reaches them itself), and they are waited
+    for."""
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_process_main, args=(target, job), name=f"search worker {i}")
                  for i, job in enumerate(jobs)]

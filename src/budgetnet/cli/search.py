@@ -102,7 +102,7 @@ def report(
     during one."""
     from budgetnet.search import report_search
 
-    _show(report_search(out, storage=storage, study_name=study), top, json_out)
+    _show(report_search(out, url=storage, study_name=study), top, json_out)
 
 
 def _show(result: SearchResult, top: int, json_out: bool) -> None:
