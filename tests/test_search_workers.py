@@ -33,6 +33,7 @@ from budgetnet.search_workers import REPORTED_ATTR, StudyStore
 _SCRIPT = Path(sys.executable).with_name("budgetnet")
 CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "budgetnet"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "4"}  # torch takes at most the machine's cores
+TIMEOUT = 1200  # seconds: generous, since a busy machine starves the workers
 # Enough epochs that a test sees a trial mid-training, in time to kill its worker.
 LONG = {**TINY, "train": {**TINY["train"], "epochs": 8}}
 
@@ -52,7 +53,7 @@ def worker_pid(trial: optuna.trial.FrozenTrial) -> int:
 
 def kill_mid_trial(store: StudyStore, name: str, procs: list[subprocess.Popen[str]]) -> optuna.trial.FrozenTrial:
     """SIGKILL the worker of the first trial seen after its first epoch; that trial."""
-    deadline = time.monotonic() + 600  # generous: a busy machine starves the workers
+    deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
         assert all(p.poll() is None for p in procs), "a search ended before a trial could be killed"
         with contextlib.suppress(KeyError, FileNotFoundError):  # the study is not made yet
@@ -69,7 +70,7 @@ def search_args(space: Path, search_data: Path, out: Path, *more: str) -> list[s
 
 
 def finish(procs: list[subprocess.Popen[str]]) -> list[tuple[str, str]]:
-    return [p.communicate(timeout=600) for p in procs]
+    return [p.communicate(timeout=TIMEOUT) for p in procs]
 
 
 # ---- one machine: worker processes sharing the journal -----------------------------------
@@ -81,7 +82,7 @@ def test_workers_share_the_journal_exact_count_each_grid_point_once(tmp_path, se
     space = write_space(tmp_path / "grid.yaml", base, sampler="grid", params={"optim.lr": {"choices": lrs}})
     out = tmp_path / "search"
     proc = subprocess.run(search_args(space, search_data, out, "--trials", "5", "--workers", "2"),
-                          capture_output=True, text=True, timeout=300, env=ENV, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=TIMEOUT, env=ENV, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
 
     trials = load(StudyStore(out), "grid")
@@ -149,12 +150,36 @@ def test_a_killed_search_is_continued_from_its_checkpoint(tmp_path, search_data)
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
     killed = kill_mid_trial(StudyStore(out), "again", [first])
     finish([first])
-    again = subprocess.run(args, capture_output=True, text=True, timeout=300, env=ENV, cwd=tmp_path)
+    again = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT, env=ENV, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     trials = load(StudyStore(out), "again")
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].user_attrs["note"] == f"resumed trial {killed.number}"
     assert trials[1].intermediate_values.keys() == set(range(1, 9))  # the epochs before the kill replayed
+
+
+def test_ctrl_c_stops_every_worker_and_queues_their_trials_again(tmp_path, search_data) -> None:
+    space = write_space(tmp_path / "int.yaml", LONG, sampler="random", params={"optim.lr": {"low": 0.02, "high": 0.3}})
+    out = tmp_path / "search"
+    proc = subprocess.Popen(search_args(space, search_data, out, "--trials", "3", "--workers", "2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path,
+                            start_new_session=True)  # its own process group, as a terminal's
+    deadline = time.monotonic() + TIMEOUT
+    running: list[optuna.trial.FrozenTrial] = []
+    while len(running) < 2:  # both workers mid-trial, far from its end
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+        with contextlib.suppress(KeyError, FileNotFoundError):
+            running = [t for t in load(StudyStore(out), "int")
+                       if t.state == TrialState.RUNNING and 1 <= t.user_attrs.get("epochs_run", 0) <= 6]
+    os.killpg(proc.pid, signal.SIGINT)
+    (_, stderr), = finish([proc])
+    assert proc.returncode == 130 and "budgetnet: search interrupted" in stderr
+
+    trials = load(StudyStore(out), "int")  # each worker's trial checkpointed, failed and queued again
+    assert [trials[t.number].state for t in running] == [TrialState.FAIL] * 2
+    queued = [t for t in trials if t.state == TrialState.WAITING]
+    assert sorted(t.system_attrs["retry_history"][-1] for t in queued) == sorted(t.number for t in running)
+    assert all((out / t.user_attrs["run_dir"] / "last.pt").is_file() for t in queued)
 
 
 def test_search_report_writes_the_report_of_a_study(tmp_path, search_data, capsys) -> None:

@@ -21,11 +21,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import multiprocessing
+import multiprocessing.connection
 import os
 import platform
 import secrets
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -266,9 +268,23 @@ def leaving(study: optuna.Study, store: StudyStore) -> Iterator[bool]:
             study.set_user_attr(REPORTED_ATTR, len(trials))
 
 
+def _stop_with_parent() -> None:
+    """SIGTERM this process once its parent is gone (killed outright), so that a worker ends
+    with its launcher: its trial is checkpointed and queued again."""
+    parent = multiprocessing.parent_process()
+    assert parent is not None and parent.sentinel is not None
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent watch", daemon=True).start()
+
+
 def _process_main(target: Callable[[Any], None], job: Any) -> None:
     """A worker process: `target(job)`, its ends turned into exit codes (130/143 interrupted,
     2 a one-line error) instead of tracebacks."""
+    _stop_with_parent()
     try:
         target(job)
     except TrainingInterrupted as exc:
