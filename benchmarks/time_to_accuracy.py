@@ -10,6 +10,10 @@ seconds (none: no budget), --epochs changes the epochs it plans for.
 
     .venv/bin/python benchmarks/time_to_accuracy.py [--recipe flagship|long] [--seeds 0,1,2]
         [--epochs N] [--time-budget S] [--max-train-seconds S] [--data ZIP] [--runs-dir DIR]
+    .venv/bin/python benchmarks/time_to_accuracy.py --from-runs RUN [RUN ...]
+
+--from-runs reads finished runs' metrics.csv instead of training (a recipe with `tta: final`
+validates with TTA after the last epoch only, so earlier epochs count without it).
 
 The last line gives, per threshold, the mean and spread (min-max) of the PFLOP and seconds over
 the seeds that reached it, and how many did.
@@ -39,28 +43,16 @@ def main() -> None:
     parser.add_argument("--max-train-seconds", type=float)
     parser.add_argument("--time-budget", help="seconds, or none")
     parser.add_argument("--runs-dir", default="runs/time-to-accuracy")
+    parser.add_argument("--from-runs", nargs="+", type=Path, help="finished run directories; nothing is trained")
     args = parser.parse_args()
 
     reached: dict[float, list[tuple[float, float]]] = {t: [] for t in THRESHOLDS}
     seeds = [int(s) for s in args.seeds.split(",")]
-    for seed in seeds:
-        train_over = {"seed": seed}
-        if args.epochs:
-            train_over["epochs"] = args.epochs
-        if args.max_train_seconds:
-            train_over["max_train_seconds"] = args.max_train_seconds
-        if args.time_budget:
-            train_over["time_budget_s"] = args.time_budget
-        cfg = load_config(
-            recipe=args.recipe,
-            overrides={
-                "name": f"{args.recipe}-seed{seed}",
-                "data": {"path": args.data, "val_size": 5000, "split_seed": 0},
-                "train": train_over,
-            },
-        )
-        result = train(cfg, runs_root=Path(args.runs_dir), quiet=True)
-        rows = read_metrics(result.run_dir / "metrics.csv")
+    runs = args.from_runs or [trained(args, seed) for seed in seeds]
+    for run_dir in runs:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        recipe = args.recipe if not args.from_runs else run_dir.name
+        rows = read_metrics(run_dir / "metrics.csv")
         firsts = {t: next(((r["train_pflop"], r["train_seconds"]) for r in rows if r["val_acc"] >= t), None)
                   for t in THRESHOLDS}
         for t, first in firsts.items():
@@ -68,10 +60,9 @@ def main() -> None:
                 reached[t].append(first)
         best = max(r["val_acc"] for r in rows)
         print(json.dumps({
-            "recipe": args.recipe, "seed": seed, "run_dir": str(result.run_dir), "best_val_acc": best,
-            "train_seconds": result.summary["train_seconds"], "train_pflop": result.summary["train_pflop"],
-            "epochs": len(rows),
-            "steps": f"{result.summary['steps_run']}/{result.summary['planned_steps']}",
+            "recipe": recipe, "run_dir": str(run_dir), "best_val_acc": best,
+            "train_seconds": summary["train_seconds"], "train_pflop": summary["train_pflop"],
+            "epochs": len(rows), "steps": f"{summary['steps_run']}/{summary['planned_steps']}",
             "pflop_seconds_to": {f"{100 * t:.0f}%": f for t, f in firsts.items()},
         }), flush=True)
 
@@ -82,10 +73,30 @@ def main() -> None:
             spread = (f" [{min(pflop):.3f}-{max(pflop):.3f} PFLOP, {min(secs):.0f}-{max(secs):.0f}s]"
                       if len(secs) > 1 else "")
             parts.append(f"{100 * t:.0f}%: {statistics.mean(pflop):.3f} PFLOP {statistics.mean(secs):.0f}s{spread} "
-                         f"({len(secs)}/{len(seeds)})")
+                         f"({len(secs)}/{len(runs)})")
         else:
-            parts.append(f"{100 * t:.0f}%: not reached (0/{len(seeds)})")
-    print(f"time-to-accuracy {args.recipe}: " + "; ".join(parts))
+            parts.append(f"{100 * t:.0f}%: not reached (0/{len(runs)})")
+    print(f"time-to-accuracy {args.recipe if not args.from_runs else 'of the runs'}: " + "; ".join(parts))
+
+
+def trained(args: argparse.Namespace, seed: int) -> Path:
+    """The run directory of the recipe trained at `seed`."""
+    train_over: dict[str, object] = {"seed": seed}
+    if args.epochs:
+        train_over["epochs"] = args.epochs
+    if args.max_train_seconds:
+        train_over["max_train_seconds"] = args.max_train_seconds
+    if args.time_budget:
+        train_over["time_budget_s"] = args.time_budget
+    cfg = load_config(
+        recipe=args.recipe,
+        overrides={
+            "name": f"{args.recipe}-seed{seed}",
+            "data": {"path": args.data, "val_size": 5000, "split_seed": 0},
+            "train": train_over,
+        },
+    )
+    return train(cfg, runs_root=Path(args.runs_dir), quiet=True).run_dir
 
 
 if __name__ == "__main__":

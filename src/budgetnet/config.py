@@ -79,6 +79,12 @@ class TrainConfig(BaseModel):
         description="plan the run to fit this much training compute (PFLOP: 3 x forward FLOPs x images "
         "trained), compressing epochs and schedule like time_budget_s; with both, the tighter wins",
     )
+    shape_table: str | None = Field(
+        None,
+        description="with time_budget_s: train the shape of this table (a shipped name or a YAML path) "
+        "expected to be most accurate in that time on this machine, not the model section's "
+        "(shape_planner.py); the resolved config records the shape chosen",
+    )
     progressive: list[ResizeStage] = Field(
         default_factory=list,
         description="progressive resizing: early steps on downscaled images, which cost fewer FLOPs "
@@ -234,12 +240,17 @@ def load_config(
 
     With no file, the recipe defaults to the flagship. A file stands on its own (pydantic
     defaults fill what it omits, the model defaults to the flagship preset) unless a recipe is
-    named too, in which case the file overrides the recipe.
+    named too, in which case the file overrides the recipe. A model section in the file or the
+    overrides turns a recipe's `train.shape_table` off: a model named is the model trained.
     """
     mapping = recipe_mapping(recipe or DEFAULT_RECIPE) if path is None or recipe else {}
-    if path is not None:
-        mapping = deep_merge(mapping, read_yaml_mapping(path))
-    mapping = deep_merge(mapping, overrides or {})
+    layers = [read_yaml_mapping(path)] if path is not None else []
+    for layer in [*layers, overrides or {}]:
+        train = layer.get("train")
+        if "model" in layer and not (isinstance(train, dict) and "shape_table" in train):
+            # A model named over a recipe is the model trained: the recipe's shape table is off.
+            mapping = deep_merge(mapping, {"train": {"shape_table": None}})
+        mapping = deep_merge(mapping, layer)
     return build_config(mapping, source=str(path) if path else "config")
 
 

@@ -44,6 +44,7 @@ from budgetnet.evaluate import evaluate_loader
 from budgetnet.files import LOCK_NAME, DirLock, atomic_write_bytes, write_json
 from budgetnet.models import build_model, count_params, summarize
 from budgetnet.runtime import autocast_dtype, compile_model, resolve_device, use_channels_last
+from budgetnet.shape_planner import ShapePlan, plan_shape
 from budgetnet.train.callbacks import EarlyStopping, ProgressReporter, plot_curves, write_metrics
 from budgetnet.train.checkpoint import load_checkpoint, save_checkpoint
 from budgetnet.train.optim import build_optimizer
@@ -138,32 +139,50 @@ def train(
         on_epoch_end = epoch_loggers(cfg, run_dir, lambda: trainer.state.global_step, on_epoch_end)
         trainer = _Trainer(cfg, run_dir, quiet, on_epoch_end)  # a bad --data leaves no half-made run behind
         if not resume:
-            atomic_write_bytes(run_dir / "config.yaml", dump_config(cfg).encode())
+            atomic_write_bytes(run_dir / "config.yaml", dump_config(trainer.cfg).encode())
+            if trainer.shape_plan is not None:
+                write_json(run_dir / "shape_plan.json", trainer.shape_plan.as_dict())
         return trainer.run(resume)
+
+
+def _check_budget(cfg: RunConfig) -> None:
+    params = count_params(cfg.model)
+    if params > cfg.budget and not cfg.allow_over_budget:
+        raise BudgetnetError(
+            f"model has {params:,} trainable parameters, over the budget of {cfg.budget:,}; "
+            "shrink it (budgetnet fit) or pass --allow-over-budget"
+        )
 
 
 class _Trainer:
     def __init__(
         self, cfg: RunConfig, run_dir: Path, quiet: bool, on_epoch_end: Callable[[dict[str, float]], None] | None
     ) -> None:
-        self.cfg, self.run_dir, self.quiet, self.on_epoch_end = cfg, run_dir, quiet, on_epoch_end
+        self.run_dir, self.quiet, self.on_epoch_end = run_dir, quiet, on_epoch_end
         tc = cfg.train
-        params = count_params(cfg.model)
-        if params > cfg.budget and not cfg.allow_over_budget:
-            raise BudgetnetError(
-                f"model has {params:,} trainable parameters, over the budget of {cfg.budget:,}; "
-                "shrink it (budgetnet fit) or pass --allow-over-budget"
-            )
+        if tc.shape_table is None:
+            _check_budget(cfg)
         self.device = resolve_device(tc.device)
         if tc.threads:
             torch.set_num_threads(tc.threads)
+        splits = ("train", "val") if cfg.data.val_size > 0 else ("train",)
+        self.data = prepare_data(cfg.data, self.device, splits=splits)
+        x, y = self.data.train
+        self.shape_plan: ShapePlan | None = None
+        if tc.shape_table is not None and tc.time_budget_s is not None:
+            # The time budget picks the shape (and its epochs); the resolved config records it.
+            self.shape_plan = plan_shape(cfg, len(y), self.device)
+            cfg, tc = self.shape_plan.config, self.shape_plan.config.train
+            if not quiet:
+                c = self.shape_plan.choice
+                print(f"shape for {tc.time_budget_s:g} s here: {c.name} ({c.params:,} params, "
+                      f"{c.seconds_per_step:.2f} s/step, {c.epochs:.1f} epochs, expected {c.expected_acc:.1f}%)")
+        self.cfg = cfg
+        params = count_params(cfg.model)
         self.amp = autocast_dtype(tc.precision, self.device)
         self.channels_last = use_channels_last(tc.channels_last, self.device)
         self.fmt = torch.channels_last if self.channels_last else torch.contiguous_format
 
-        splits = ("train", "val") if cfg.data.val_size > 0 else ("train",)
-        self.data = prepare_data(cfg.data, self.device, splits=splits)
-        x, y = self.data.train
         torch.manual_seed(tc.seed)
         self.model = build_model(cfg.model).to(self.device, memory_format=self.fmt)
         self.params = params

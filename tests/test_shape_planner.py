@@ -1,0 +1,125 @@
+"""Time budgets pick the model (`train.shape_table`): the accuracy curves, the choice, and a run
+that plans its shape and records it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import make_synthetic, tiny_run_config, write_npz
+from hypothesis import given
+from hypothesis import strategies as st
+
+from budgetnet.config import load_config, recipe_mapping
+from budgetnet.errors import BudgetnetError
+from budgetnet.models import count_params
+from budgetnet.shape_planner import (
+    MeasuredPoint,
+    expected_accuracy,
+    list_shape_tables,
+    load_shape_table,
+    measure_step_seconds,
+    plan_shape,
+)
+from budgetnet.train import engine
+
+POINTS = [MeasuredPoint(epochs=2, val_acc=60.0), MeasuredPoint(epochs=8, val_acc=80.0)]
+
+
+def test_accuracy_curve_goes_through_the_measured_points() -> None:
+    assert expected_accuracy(POINTS, 0.0, chance=10.0) == 10.0
+    assert expected_accuracy(POINTS, 1.0, chance=10.0) == pytest.approx(35.0)  # linear from chance
+    assert expected_accuracy(POINTS, 2.0, chance=10.0) == pytest.approx(60.0)
+    assert expected_accuracy(POINTS, 4.0, chance=10.0) == pytest.approx(70.0)  # halfway in log epochs
+    assert expected_accuracy(POINTS, 8.0, chance=10.0) == pytest.approx(80.0)
+    assert expected_accuracy(POINTS, 100.0, chance=10.0) == pytest.approx(80.0)  # held flat beyond
+
+
+@given(st.floats(0, 50), st.floats(0, 50))
+def test_accuracy_curve_never_falls_with_more_epochs(a: float, b: float) -> None:
+    lo, hi = sorted((a, b))
+    assert expected_accuracy(POINTS, lo, 10.0) <= expected_accuracy(POINTS, hi, 10.0) + 1e-9
+
+
+def write_table(path: Path, shapes: list[dict]) -> Path:
+    path.write_text(yaml.safe_dump({"made_by": "by hand, for a test", "shapes": shapes}))
+    return path
+
+
+NARROW = {"name": "narrow", "model": {"channels": [4]}, "points": [{"epochs": 2, "val_acc": 60}, {"epochs": 8, "val_acc": 70}]}
+WIDE = {"name": "wide", "model": {"channels": [32]}, "points": [{"epochs": 2, "val_acc": 50}, {"epochs": 8, "val_acc": 90}]}
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return write_npz(tmp_path / "easy.npz", make_synthetic({"train": 70, "test": 2}, seed=3, size=16))
+
+
+def planned(tmp_path: Path, data: Path, seconds: float, **run: object):
+    table = write_table(tmp_path / "table.yaml", [NARROW, WIDE])
+    cfg = tiny_run_config(data, train={"shape_table": str(table), "time_budget_s": seconds})
+    if run:
+        cfg = cfg.model_copy(update=run)
+    # A step of the wide shape "takes" 8x the narrow one's: 1 s vs 0.125 s.
+    return plan_shape(cfg, 100, torch.device("cpu"), lambda c, d: 1.0 if c.model.channels == [32] else 0.125)
+
+
+def test_a_short_budget_picks_the_narrow_shape_a_long_one_the_wide(tmp_path: Path, data: Path) -> None:
+    # 100 images at batch 30: 3 steps an epoch.
+    short = planned(tmp_path, data, seconds=6.0)  # narrow: 15.5 epochs (70%); wide: 1.9 (~48%)
+    assert short.choice.name == "narrow" and short.config.model.channels == [4]
+    assert short.choice.epochs == pytest.approx(0.97 * 6.0 / 0.125 / 3)
+    assert short.config.train.epochs == 16 and short.config.train.shape_table is None
+    long = planned(tmp_path, data, seconds=30.0)  # wide: 9.7 epochs (90%)
+    assert long.choice.name == "wide" and long.config.model.channels == [32]
+    assert {c.name for c in long.candidates} == {"narrow", "wide"}
+
+
+def test_shapes_over_the_parameter_budget_are_not_candidates(tmp_path: Path, data: Path) -> None:
+    cfg = tiny_run_config(data)
+    narrow = count_params(cfg.model.model_copy(update={"channels": [4]}))
+    plan = planned(tmp_path, data, seconds=30.0, budget=narrow)
+    assert [c.name for c in plan.candidates] == ["narrow"] and plan.choice.name == "narrow"
+
+
+def test_a_run_with_a_shape_table_plans_its_shape_and_records_it(tmp_path: Path, data: Path) -> None:
+    table = write_table(tmp_path / "table.yaml", [NARROW, WIDE])
+    cfg = tiny_run_config(data, train={"shape_table": str(table), "time_budget_s": 3.0})
+    result = engine.train(cfg, tmp_path / "run", quiet=True)
+    plan = json.loads((tmp_path / "run" / "shape_plan.json").read_text())
+    assert plan["choice"] in ("narrow", "wide") and len(plan["candidates"]) == 2
+    assert all(c["seconds_per_step"] > 0 for c in plan["candidates"])
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    chosen = {"narrow": [4], "wide": [32]}[plan["choice"]]
+    assert saved.model.channels == chosen and saved.train.shape_table is None  # repeats train the same shape
+    assert result.summary["params"] == count_params(saved.model)
+    engine.train(saved, tmp_path / "run", resume=True, quiet=True)  # resuming does not plan again
+    assert json.loads((tmp_path / "run" / "shape_plan.json").read_text()) == plan
+
+
+def test_a_wider_model_takes_longer_to_step(data: Path) -> None:
+    cfg = tiny_run_config(data, train={"batch_size": 64})
+    wide = cfg.model_copy(update={"model": cfg.model.model_copy(update={"channels": [64], "blocks": [2]})})
+    assert measure_step_seconds(wide, torch.device("cpu")) > measure_step_seconds(cfg, torch.device("cpu")) > 0
+
+
+def test_bad_tables_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(BudgetnetError, match="neither a shipped table"):
+        load_shape_table(str(tmp_path / "missing.yaml"))
+    bad = write_table(tmp_path / "bad.yaml", [{**NARROW, "points": [{"epochs": 8, "val_acc": 70}, {"epochs": 2, "val_acc": 60}]}])
+    with pytest.raises(BudgetnetError, match="increasing epochs"):
+        load_shape_table(str(bad))
+
+
+
+def test_shipped_tables_fit_the_default_budget_and_the_flagship_names_one() -> None:
+    assert recipe_mapping("flagship")["train"]["shape_table"] in list_shape_tables()
+    base = load_config()
+    for name in list_shape_tables():
+        table = load_shape_table(name)
+        for shape in table.shapes:
+            spec = base.model.model_copy(update=shape.model)
+            assert count_params(spec) <= 5_000_000, shape.name
