@@ -23,7 +23,7 @@ from budgetnet.config import RunConfig, load_config
 from budgetnet.models import load_model_section
 
 # What a train invocation does rather than what the run is: no config field behind them.
-COMMAND_ONLY = {"ctx", "config", "recipe", "resume", "out", "set_values", "quiet", "json_out"}
+COMMAND_ONLY = {"ctx", "config", "recipe", "resume", "out", "nproc", "set_values", "quiet", "json_out"}
 # Keys a section takes beyond its model's fields: the zoo expands `preset` before validation.
 SECTION_KEYS = {"model.preset": str}
 

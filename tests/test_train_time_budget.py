@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import make_synthetic, write_npz
 from test_train_resume import assert_same_history, assert_same_weights, metrics, tiny_config, train_whole_and_cut
 
@@ -16,6 +17,7 @@ from budgetnet.cli import main
 from budgetnet.config import TrainConfig
 from budgetnet.train import engine
 from budgetnet.train.checkpoint import load_checkpoint
+from budgetnet.train.distributed import Ranks
 from budgetnet.train.schedules import LinearSchedule, ScheduleConfig, lr_factor
 
 
@@ -83,7 +85,7 @@ def test_a_new_plan_moves_the_schedule_at_once(tmp_path: Path, data: Path) -> No
     """The lr is a function of (step, planned steps): re-planning changes one integer, and the
     very next step follows the new plan; nothing else needs rebuilding or checkpointing."""
     cfg = tiny_config(data)
-    trainer = engine._Trainer(cfg, tmp_path, quiet=True, on_epoch_end=None)
+    trainer = engine._Trainer(cfg, tmp_path, Ranks(torch.device("cpu")), quiet=True, on_epoch_end=None)
     peak = trainer.optimizer.param_groups[0]["peak_lr"]
     for planned in (21, 10):
         trainer.progress.planned_steps = planned

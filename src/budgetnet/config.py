@@ -60,6 +60,10 @@ class TrainConfig(BaseModel):
         "cores: 0.106 TFLOP/s at 500 images, 0.065 at 2,000)",
     )
     threads: int | None = Field(None, ge=1, le=1024)
+    sync_bn: bool = Field(
+        False, description="with several processes (torchrun, --nproc): batch-norm statistics over the whole "
+        "batch (SyncBatchNorm, CUDA only) instead of each process's part of it",
+    )
     early_stopping: EarlyStoppingConfig | None = None
     ema_decay: float | None = Field(None, gt=0, lt=1, description="evaluate an EMA of the weights")
     tta: bool | Literal["final"] = Field(

@@ -20,6 +20,7 @@ from budgetnet.cli._data_options import (
 )
 from budgetnet.cli._eval_options import BatchSizeOpt, DeviceOpt, JsonOpt, SplitOpt, TtaOpt, check_split
 from budgetnet.cli._flags import GroupedHelp, Sets, command_flags, flag, flag_overrides
+from budgetnet.cli._launch import speaks_for_run, train_in_processes
 from budgetnet.cli._model_options import PresetOption, model_flags
 from budgetnet.errors import BudgetnetError
 
@@ -38,6 +39,9 @@ def train(
     recipe: flag("--recipe", str, RUN, help="A shipped recipe: flagship (default), long, cpu300.") = None,
     resume: flag("--resume", Path, RUN, help="Continue the run in this directory.") = None,
     out: flag("--out", Path, RUN, help="Run directory [default: runs/<name>-<time>].") = None,
+    nproc: flag("--nproc", int, RUN, help="Data-parallel processes on this machine, started with torchrun: one per "
+                                          "GPU, or CPU processes sharing the cores; --batch-size is the global "
+                                          "batch. For several machines run torchrun yourself (README).") = None,
     name: flag("--name", str, RUN, Sets("name"), "Run name, used in the directory name.") = None,
     budget: flag("--budget", str, RUN, Sets("budget"), "Parameter budget, e.g. 5M.") = None,
     allow_over_budget: Annotated[bool, typer.Option("--allow-over-budget", help="Train even if over budget.",
@@ -62,6 +66,9 @@ def train(
     compile_model: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model.",
                                                        rich_help_panel=TRAINING), Sets("train.compile")] = None,
     threads: flag("--threads", int, TRAINING, Sets("train.threads"), "CPU threads [default: all].") = None,
+    sync_bn: Annotated[bool | None, typer.Option("--sync-bn/--no-sync-bn", rich_help_panel=TRAINING,
+                                                 help="With several processes: batch-norm statistics over the whole "
+                                                      "batch (SyncBatchNorm, CUDA only)."), Sets("train.sync_bn")] = None,
     patience: flag("--patience", int, TRAINING, Sets("train.early_stopping.patience",
                                                         also={"train.early_stopping.monitor": "val_acc"}),
                       "Early stopping on val accuracy.") = None,
@@ -95,6 +102,8 @@ def train(
     from budgetnet.train.engine import TrainingInterrupted
     from budgetnet.train.engine import train as run_training
 
+    if nproc is not None and nproc < 1:
+        raise BudgetnetError(f"--nproc {nproc} must be at least 1")
     if resume is not None:
         if config is not None or recipe is not None or config_overrides(ctx.params):
             raise BudgetnetError("--resume continues a run with its saved config; drop the other options")
@@ -105,11 +114,17 @@ def train(
         out = resume
     else:
         cfg = options_config(ctx.params)
+    if nproc is not None and nproc > 1:
+        options = [*(["--quiet"] if quiet else []), *(["--json"] if json_out else [])]
+        raise typer.Exit(train_in_processes(nproc, cfg, resume, out, options))
     try:
         result = run_training(cfg, out, resume=resume is not None, quiet=quiet)
     except TrainingInterrupted as exc:
-        typer.echo(f"budgetnet: {exc}", err=True)
+        if speaks_for_run():
+            typer.echo(f"budgetnet: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
+    if not speaks_for_run():
+        return
     s = result.summary
     if json_out:
         typer.echo(json.dumps({"run_dir": str(result.run_dir), **s}, default=str))

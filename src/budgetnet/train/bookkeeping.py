@@ -4,7 +4,9 @@ checkpoints, the clock, and when to stop (a signal, the time limit, the end of t
 
 The device is synced every `SYNC_EVERY` steps and at checkpoints only: a step never waits for
 the host. SIGINT/SIGTERM become a flag (`SignalGuard`) checked between steps, so a run stops at
-a clean point, checkpointed.
+a clean point, checkpointed. In a data-parallel run the ranks agree on stopping (a signal, the
+time limit) at those syncs and at the end of each epoch, so they stop at the same step; the
+sums are of the whole batch's (the engine gathers them), so every rank keeps the same books.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from budgetnet.errors import BudgetnetError
 from budgetnet.train.callbacks import ProgressReporter
 from budgetnet.train.checkpoint import Progress
 from budgetnet.train.checkpointer import Checkpointer
+from budgetnet.train.distributed import Ranks
 from budgetnet.train.planner import Planner
 
 SYNC_EVERY = 10  # steps between the host syncs inside an epoch (progress line, NaN check, re-plan)
@@ -55,17 +58,20 @@ class EpochBooks:
 
     def __init__(
         self, tc: TrainConfig, progress: Progress, planner: Planner, checkpointer: Checkpointer,
-        reporter: ProgressReporter, guard: SignalGuard, steps_per_epoch: int, device: torch.device,
+        reporter: ProgressReporter, guard: SignalGuard, steps_per_epoch: int, ranks: Ranks,
     ) -> None:
         self.tc, self.progress, self.planner, self.checkpointer = tc, progress, planner, checkpointer
-        self.reporter, self.guard, self.steps_per_epoch, self.device = reporter, guard, steps_per_epoch, device
+        self.reporter, self.guard, self.steps_per_epoch, self.ranks = reporter, guard, steps_per_epoch, ranks
+        # What the ranks agreed on at the last check: the signal that stops the run, the time limit reached.
+        self.stop_signal: int | None = None
+        self.time_up = False
 
     def start(self, epoch: int) -> None:
         """Open `epoch`, with what a resume left of its loss and accuracy sums."""
         loss_sum, correct, seen = self.progress.partial
         self.epoch, self.seen = epoch, int(seen)
-        self.loss_sum = torch.tensor(loss_sum, device=self.device)
-        self.correct = torch.tensor(correct, device=self.device)
+        self.loss_sum = torch.tensor(loss_sum, device=self.ranks.device)
+        self.correct = torch.tensor(correct, device=self.ranks.device)
         self.clock = time.perf_counter()
 
     def remaining(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[int, Any]]:
@@ -73,19 +79,19 @@ class EpochBooks:
         ones trained before the stop (still drawn, so the rest are the batches they were)."""
         return itertools.islice(enumerate(batches), self.progress.step_in_epoch, None)
 
-    def stepped(self, i: int, logits: torch.Tensor, loss: torch.Tensor | None, y: torch.Tensor,
+    def stepped(self, i: int, correct: torch.Tensor, loss: torch.Tensor | None, images: int,
                 size: int | None) -> None:
-        """Batch `i` (of `size` pixels a side; None: full size) was stepped on; `loss` is None
-        for a non-finite batch skipped."""
+        """Batch `i` of `images` (of `size` pixels a side; None: full size) was stepped on, with
+        `correct` right and a mean `loss`, None for a non-finite batch skipped."""
         p = self.progress
         if loss is None:
             p.nan_skips += 1
         else:
-            self.loss_sum += loss.detach().float() * len(y)
-            self.correct += (logits.argmax(1) == y).sum()
-            self.seen += len(y)
+            self.loss_sum += loss.detach().float() * images
+            self.correct += correct
+            self.seen += images
         p.step_in_epoch, p.global_step = i + 1, p.global_step + 1
-        self.planner.count(len(y), size)
+        self.planner.count(images, size)
         if (i + 1) % SYNC_EVERY == 0:
             self._check_finite(i)
             self.reporter.step(i + 1, self.loss_sum.item() / max(self.seen, 1), self.correct.item() / max(self.seen, 1))
@@ -95,21 +101,29 @@ class EpochBooks:
             self.checkpointer.save_last()
 
     def stop_now(self) -> bool:
-        """A signal came, the time limit is reached, or the plan ends (perhaps mid-epoch)."""
-        return self.guard.signum is not None or self.out_of_time(self._running()) or self.planner.done
+        """A signal came, the time limit is reached, or the plan ends (perhaps mid-epoch). Several
+        ranks look at signal and clock together, every `SYNC_EVERY` steps."""
+        if not self.ranks.distributed or self.progress.step_in_epoch % SYNC_EVERY == 0:
+            self.signalled()
+        return self.stop_signal is not None or self.time_up or self.planner.done
 
     def end(self) -> None:
         """Close the epoch (the sums synced into `progress.partial`, its time banked)."""
         self._bank(self.progress.step_in_epoch - 1)
+        self.signalled()
+
+    def signalled(self) -> bool:
+        """Whether a signal asks the run to stop, on any rank; the ranks also agree whether
+        `train.max_train_seconds` is used up (`time_up`)."""
+        limit = self.tc.max_train_seconds
+        late = limit is not None and self.progress.train_seconds + self._running() >= limit
+        signum, lapsed = self.ranks.maxima([self.guard.signum or 0, int(late)])
+        self.stop_signal, self.time_up = signum or None, bool(lapsed)
+        return self.stop_signal is not None
 
     @property
     def interrupted_mid_epoch(self) -> bool:
-        return self.guard.signum is not None and self.progress.step_in_epoch < self.steps_per_epoch
-
-    def out_of_time(self, running: float = 0.0) -> bool:
-        """`train.max_train_seconds` is used up (`running`: seconds not yet banked)."""
-        limit = self.tc.max_train_seconds
-        return limit is not None and self.progress.train_seconds + running >= limit
+        return self.stop_signal is not None and self.progress.step_in_epoch < self.steps_per_epoch
 
     def _running(self) -> float:
         return time.perf_counter() - self.clock

@@ -11,7 +11,8 @@ training split's statistics), what best.pt adds (the epoch and validation accura
 chosen at) and what last.pt adds (`Resume`: everything a resumed run continues from). It
 carries `FORMAT_VERSION`; a file of another version is refused with one line naming it.
 Fields added to version 1 after its first files (`Progress.stopped`, the plan, the compute
-count; classes and statistics in last.pt) have defaults, so every version-1 file still loads.
+count, the process count; classes and statistics in last.pt) have defaults, so every version-1
+file still loads.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Progress:
     train_seconds: float = 0.0
     stopped: bool = False  # early stopping or the time limit ended the run: a resume must not go on
     planned_steps: int = 0  # optimizer steps the run will take (0: not planned yet)
+    processes: int = 1  # data-parallel processes the run trains with; a resume needs as many
     images_seen: int | None = 0  # training images stepped on (None: a file from before they were counted)
     train_flop: float | None = 0.0  # 3 x forward FLOPs at the size trained, summed over images (None: as above)
     calibration: dict[str, float] = field(default_factory=dict)  # what planning a time budget measured

@@ -5,6 +5,11 @@ The old last.pt becomes previous.pt (what a damaged last.pt falls back to) only 
 one is safely written, so a failed write (full disk) leaves both as they were. A run killed
 mid-epoch resumes at the batch it stopped at: `Progress.step_in_epoch` says how many the epoch
 had done.
+
+In a data-parallel run every rank keeps the same state (rank 0's weights are the run's: see
+`Ranks.copy_from_main`), rank 0 alone writes and reads the files, and the others are sent what it
+resumes from. A run resumes with as many processes as it trained with: each process's part of a
+batch, and so its batch-norm statistics, depend on the count.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from budgetnet.config import RunConfig
 from budgetnet.errors import BudgetnetError
 from budgetnet.train.callbacks import EarlyStopping, write_metrics
 from budgetnet.train.checkpoint import Checkpoint, Progress, Resume, load_checkpoint, save_checkpoint
+from budgetnet.train.distributed import Ranks
 from budgetnet.train.optim import MuonSGD
 from budgetnet.train.schedules import Plateau
 
@@ -33,11 +39,11 @@ class Checkpointer:
 
     def __init__(
         self, run_dir: Path, cfg: RunConfig, *, classes: list[str], mean: list[float], std: list[float],
-        device: torch.device, model: nn.Module, optimizer: torch.optim.Optimizer | MuonSGD,
+        ranks: Ranks, model: nn.Module, optimizer: torch.optim.Optimizer | MuonSGD,
         scaler: torch.amp.GradScaler, ema: AveragedModel | None, plateau: Plateau | None,
         stopper: EarlyStopping | None, progress: Progress,
     ) -> None:
-        self.run_dir, self.config, self.device = run_dir, cfg.model_dump(mode="json"), device
+        self.run_dir, self.config, self.ranks = run_dir, cfg.model_dump(mode="json"), ranks
         self.every_steps = cfg.train.checkpoint_every_steps
         self.classes, self.mean, self.std = list(classes), list(mean), list(std)
         self.model, self.optimizer, self.scaler, self.ema = model, optimizer, scaler, ema
@@ -46,11 +52,14 @@ class Checkpointer:
     # ---- writing --------------------------------------------------------------------------
     def save_last(self) -> None:
         self._check_weights()
-        save_checkpoint(self.run_dir / LAST, self.current(), backup=self.run_dir / PREVIOUS)
+        if self.ranks.is_main:
+            save_checkpoint(self.run_dir / LAST, self.current(), backup=self.run_dir / PREVIOUS)
 
     def save_best(self) -> None:
         """The weights validated (the EMA's, when the run keeps one) at the epoch just done."""
         self._check_weights()
+        if not self.ranks.is_main:
+            return
         validated = self.ema.module if self.ema is not None else self.model
         save_checkpoint(self.run_dir / BEST, Checkpoint(
             config=self.config, model=validated.state_dict(), classes=self.classes, mean=self.mean, std=self.std,
@@ -69,7 +78,7 @@ class Checkpointer:
             resume=Resume(
                 optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
                 rng_cpu=torch.get_rng_state(),
-                rng_cuda=torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+                rng_cuda=torch.cuda.get_rng_state_all() if self.ranks.device.type == "cuda" else [],
                 progress=self.progress,
                 plateau=self.plateau.state_dict() if self.plateau is not None else None,
                 early_stopping=self.stopper.state_dict() if self.stopper is not None else None,
@@ -85,13 +94,26 @@ class Checkpointer:
     def restore(self) -> bool:
         """Load the newest usable last.pt (or previous.pt); False if the run stopped before
         writing any. Damaged ones are renamed out of the way, with a warning each."""
+        checkpoint = self.ranks.from_main(self._newest)
+        if checkpoint is None:
+            return False
+        assert checkpoint.resume is not None
+        check_processes(self.run_dir, checkpoint.resume.progress.processes, self.ranks.world_size)
+        self.load(checkpoint)
+        if self.ranks.is_main:
+            write_metrics(self.run_dir / "metrics.csv", self.progress.history)  # drop rows a kill left beyond it
+        return True
+
+    def _newest(self) -> Checkpoint | None:
+        """The newest usable last.pt or previous.pt, read on the CPU (so that it can be sent to
+        other ranks); None if there is none yet."""
         checkpoint, damaged = None, []
         for name in (LAST, PREVIOUS):
             path = self.run_dir / name
             if not path.exists():
                 continue
             try:
-                checkpoint = load_checkpoint(path, map_location=self.device)
+                checkpoint = load_checkpoint(path)
                 break
             except BudgetnetError as exc:
                 damaged.append(path)
@@ -100,14 +122,12 @@ class Checkpointer:
         if checkpoint is None and not damaged:
             print(f"budgetnet: warning: {self.run_dir} has no checkpoint yet (the run stopped before its first); "
                   "starting from the beginning", file=sys.stderr, flush=True)
-            return False
+            return None
         if checkpoint is None or checkpoint.resume is None:
             raise BudgetnetError(f"no usable checkpoint in {self.run_dir}; start a new run instead of --resume")
         for path in damaged:  # kept for inspection, out of the way of the next last.pt -> previous.pt
             os.replace(path, path.with_name(path.name + ".damaged"))
-        self.load(checkpoint)
-        write_metrics(self.run_dir / "metrics.csv", self.progress.history)  # drop rows a kill left beyond it
-        return True
+        return checkpoint
 
     def load(self, checkpoint: Checkpoint) -> None:
         """Put a last.pt's state into the live run."""
@@ -150,3 +170,24 @@ class Checkpointer:
             else "no checkpoint had been written yet"
         )
         return f"{kept}; lower the learning rate (optim.lr) or use --on-nan skip"
+
+
+def check_processes(run_dir: Path, trained: int, resuming: int) -> None:
+    """One line naming both counts when a run trained by `trained` processes would resume with
+    `resuming`."""
+    if trained != resuming:
+        raise BudgetnetError(f"{run_dir} was trained by {trained} process{'es' * (trained != 1)} and cannot resume "
+                             f"with {resuming}; resume it with --nproc {trained}")
+
+
+def recorded_processes(run_dir: Path) -> int | None:
+    """The processes that trained the run in `run_dir`, from its newest readable last.pt or
+    previous.pt; None without one."""
+    for name in (LAST, PREVIOUS):
+        try:
+            resume = load_checkpoint(Path(run_dir) / name).resume
+        except BudgetnetError:
+            continue
+        if resume is not None:
+            return resume.progress.processes
+    return None

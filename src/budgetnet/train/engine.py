@@ -10,6 +10,13 @@ checkpoint holds model, optimizer, scaler, RNG states and the metrics history; a
 taken mid-epoch records how many batches were done, which the resumed run skips. So a run
 killed at any point and resumed replays what an uninterrupted run would have done. The plan is
 checkpointed too, so a resumed run keeps it.
+
+Under torchrun every process runs `train` alike, as one rank of a data-parallel run
+(train/distributed.py): DistributedDataParallel around the model, each rank on its part of every
+batch, rank 0 writing the run directory. What the books, the plan, the best epoch and the
+decisions to stop read (losses, accuracies, validation) is of the whole batch or split, gathered
+from all ranks, so every rank goes the same way. Validation is shared out too: each rank
+evaluates rank 0's weights on every N-th image.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +39,13 @@ from budgetnet.errors import BudgetnetError
 from budgetnet.evaluate import evaluate_loader
 from budgetnet.files import LOCK_NAME, DirLock, atomic_write_bytes, write_json
 from budgetnet.models import build_model, count_params
-from budgetnet.runtime import autocast_dtype, compile_model, resolve_device, use_channels_last
-from budgetnet.shape_planner import ShapePlan, plan_shape
+from budgetnet.runtime import autocast_dtype, compile_model, use_channels_last
+from budgetnet.shape_planner import ShapePlan, measure_step_seconds, plan_shape
 from budgetnet.train.bookkeeping import EpochBooks, SignalGuard
 from budgetnet.train.callbacks import EarlyStopping, ProgressReporter, plot_curves, write_metrics
 from budgetnet.train.checkpoint import Progress
 from budgetnet.train.checkpointer import BEST, LAST, PREVIOUS, Checkpointer
+from budgetnet.train.distributed import Ranks, process_group
 from budgetnet.train.optim import build_optimizer
 from budgetnet.train.planner import Planner, Timing, time_steps
 from budgetnet.train.rundir import environment_info, new_run_dir
@@ -74,22 +82,32 @@ def train(
     """Train `cfg` into a run directory (new, or `out`); with `resume`, continue the run in `out`.
 
     `on_epoch_end(row)` sees each epoch's metrics row after it is checkpointed; an exception
-    it raises (e.g. a search pruning the trial) ends training and propagates.
+    it raises (e.g. a search pruning the trial) ends training and propagates. In a data-parallel
+    run (under torchrun, or in a process group already started) every rank calls `train` alike
+    and `on_epoch_end` runs on every rank; rank 0 picks the run directory and alone writes it.
     """
-    run_dir = Path(out) if out is not None else new_run_dir(runs_root, cfg.name)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise BudgetnetError(f"{run_dir} is a file, not a run directory; choose another --out")
-    # Lock first: a second process on this directory is told who holds it, whatever it asked.
-    with DirLock(run_dir):
-        for stale in run_dir.glob(".*.tmp-*"):  # half-written files of a killed run; we hold the lock
-            stale.unlink(missing_ok=True)
-        if not resume and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
-            raise BudgetnetError(f"run directory {run_dir} is not empty; use --resume {run_dir} or another --out")
-        # Experiment tracking (train.log): trackers wrap the epoch callback (train/tracking.py); made
-        # first, so a missing package fails before anything is written. `trainer` is read when called.
-        on_epoch_end = epoch_loggers(cfg, run_dir, lambda: trainer.progress.global_step, on_epoch_end)
-        trainer = _Trainer(cfg, run_dir, quiet, on_epoch_end)  # a bad --data leaves no half-made run behind
-        if not resume:
+    with process_group(cfg.train.device) as ranks, ExitStack() as held:
+
+        def open_run_dir() -> Path:  # on rank 0
+            nonlocal on_epoch_end
+            run_dir = Path(out) if out is not None else new_run_dir(runs_root, cfg.name)
+            if run_dir.exists() and not run_dir.is_dir():
+                raise BudgetnetError(f"{run_dir} is a file, not a run directory; choose another --out")
+            # Lock first: a second process on this directory is told who holds it, whatever it asked.
+            held.enter_context(DirLock(run_dir))
+            for stale in run_dir.glob(".*.tmp-*"):  # half-written files of a killed run; we hold the lock
+                stale.unlink(missing_ok=True)
+            if not resume and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
+                raise BudgetnetError(f"run directory {run_dir} is not empty; use --resume {run_dir} or another --out")
+            # Experiment tracking (train.log): trackers wrap the epoch callback (train/tracking.py); made
+            # first, so a missing package fails before anything is written. `trainer` is read when called.
+            on_epoch_end = epoch_loggers(cfg, run_dir, lambda: trainer.progress.global_step, on_epoch_end)
+            return run_dir
+
+        run_dir = ranks.from_main(open_run_dir)
+        # A bad --data leaves no half-made run behind; the other ranks print nothing.
+        trainer = _Trainer(cfg, run_dir, ranks, quiet or not ranks.is_main, on_epoch_end)
+        if not resume and ranks.is_main:
             atomic_write_bytes(run_dir / "config.yaml", dump_config(trainer.cfg).encode())
             if trainer.shape_plan is not None:
                 write_json(run_dir / "shape_plan.json", trainer.shape_plan.as_dict())
@@ -107,22 +125,34 @@ def _check_budget(cfg: RunConfig) -> None:
 
 class _Trainer:
     def __init__(
-        self, cfg: RunConfig, run_dir: Path, quiet: bool, on_epoch_end: Callable[[dict[str, float]], None] | None
+        self, cfg: RunConfig, run_dir: Path, ranks: Ranks, quiet: bool,
+        on_epoch_end: Callable[[dict[str, float]], None] | None,
     ) -> None:
-        self.run_dir, self.quiet, self.on_epoch_end = run_dir, quiet, on_epoch_end
+        self.run_dir, self.ranks, self.quiet, self.on_epoch_end = run_dir, ranks, quiet, on_epoch_end
         tc = cfg.train
         if tc.shape_table is None:
             _check_budget(cfg)
-        self.device = resolve_device(tc.device)
+        if tc.batch_size % ranks.world_size:
+            raise BudgetnetError(f"batch size {tc.batch_size} does not split evenly among {ranks.world_size} "
+                                 f"processes; choose a multiple of {ranks.world_size}")
+        self.device = ranks.device
         if tc.threads:
             torch.set_num_threads(tc.threads)
         splits = ("train", "val") if cfg.data.val_size > 0 else ("train",)
         self.data = prepare_data(cfg.data, self.device, splits=splits)
         x, y = self.data.train
+        if self.data.val is not None and len(self.data.val[1]) < ranks.world_size:
+            raise BudgetnetError(f"a validation split of {len(self.data.val[1])} images cannot be shared among "
+                                 f"{ranks.world_size} processes; keep at least {ranks.world_size} (--val-size)")
         self.shape_plan: ShapePlan | None = None
         if tc.shape_table is not None and tc.time_budget_s is not None:
-            # The time budget picks the shape (and its epochs); the resolved config records it.
-            self.shape_plan = plan_shape(cfg, len(y), self.device)
+            # The time budget picks the shape (and its epochs); the resolved config records it. Rank 0
+            # times each shape at one process's part of the batch; every rank trains its pick.
+            def part_step_seconds(candidate: RunConfig, device: torch.device) -> float:
+                part = candidate.train.model_copy(update={"batch_size": candidate.train.batch_size // ranks.world_size})
+                return measure_step_seconds(candidate.model_copy(update={"train": part}), device)
+
+            self.shape_plan = ranks.from_main(lambda: plan_shape(cfg, len(y), self.device, part_step_seconds))
             cfg, tc = self.shape_plan.config, self.shape_plan.config.train
             if not quiet:
                 c = self.shape_plan.choice
@@ -141,18 +171,19 @@ class _Trainer:
         common = dict(mean=self.data.mean, std=self.data.std, dtype=in_dtype, channels_last=self.channels_last)
         self.loader = DeviceLoader(
             x, y, tc.batch_size, shuffle=True, drop_last=True, seed=tc.seed,
-            augment=BatchAugment(cfg.augment), **common,
+            augment=BatchAugment(cfg.augment), shard=(ranks.rank, ranks.world_size), **common,
         )
         if len(self.loader) == 0:
             raise BudgetnetError(f"batch size {tc.batch_size} is larger than the {len(y)} training images; lower --batch-size")
-        self.val_loader = (
-            DeviceLoader(*self.data.val, tc.eval_batch_size, shuffle=False, drop_last=False, seed=0, augment=None, **common)
+        self.val_loader = (  # every world_size-th image, from the rank-th
+            DeviceLoader(*(t[ranks.rank::ranks.world_size] for t in self.data.val), tc.eval_batch_size,
+                         shuffle=False, drop_last=False, seed=0, augment=None, **common)
             if self.data.val is not None else None
         )
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.plateau = Plateau(cfg.schedule) if isinstance(cfg.schedule, PlateauSchedule) else None
         self.progress = Progress()
-        self.planner = Planner(cfg, len(self.loader), self.progress)
+        self.planner = Planner(cfg, len(self.loader), self.progress, ranks)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16 and self.device.type == "cuda")
         self.ema = (
             torch.optim.swa_utils.AveragedModel(
@@ -160,11 +191,13 @@ class _Trainer:
             )
             if tc.ema_decay else None
         )
-        self.step_model: nn.Module = compile_model(self.model, cfg.data.cache_dir) if tc.compile else self.model
+        self.ddp = ranks.data_parallel(self.model, tc.sync_bn)  # after the EMA's copy: not of DDP's hooks
+        stepped: nn.Module = self.ddp or self.model
+        self.step_model = compile_model(stepped, cfg.data.cache_dir) if tc.compile else stepped
         self.criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
         self.stopper = EarlyStopping(tc.early_stopping) if tc.early_stopping else None
         self.checkpointer = Checkpointer(
-            run_dir, cfg, classes=self.data.classes, mean=self.data.mean, std=self.data.std, device=self.device,
+            run_dir, cfg, classes=self.data.classes, mean=self.data.mean, std=self.data.std, ranks=ranks,
             model=self.model, optimizer=self.optimizer, scaler=self.scaler, ema=self.ema, plateau=self.plateau,
             stopper=self.stopper, progress=self.progress,
         )
@@ -181,8 +214,8 @@ class _Trainer:
             size = self.planner.size_at(step)
             if size is not None:  # antialiased downscale: a smaller view of the same augmented batch
                 x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            logits, loss = self._step(x, y)
-            books.stepped(i, logits, loss, y, size)
+            correct, loss = self._step(x, y)
+            books.stepped(i, correct, loss, len(y) * self.ranks.world_size, size)
             if books.stop_now():
                 break
         books.end()
@@ -200,23 +233,26 @@ class _Trainer:
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Forward, backward, optimizer (and EMA) update; a batch larger than `micro_batch` is
-        forwarded and backpropagated in slices whose gradients add up to the batch's. The loss
-        is None for a skipped non-finite batch (on_nan: skip); that check is the one host sync,
-        and only then."""
+        forwarded and backpropagated in slices whose gradients add up to the batch's. Returns the
+        correct count and mean loss of the whole batch (all ranks' parts); the loss is None for a
+        skipped non-finite batch (on_nan: skip); that check is the one host sync, and only then."""
         tc, opt = self.cfg.train, self.optimizer
         opt.zero_grad(set_to_none=True)
         size = tc.micro_batch or len(y)
-        logits, loss = [], torch.zeros((), device=self.device)
-        for xs, ys in zip(x.split(size), y.split(size)):
-            with torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext():
-                out = self.step_model(xs)
-                part = self.criterion(out, ys) * (len(ys) / len(y))
-            self.scaler.scale(part).backward()
-            logits.append(out.detach())
+        slices = list(zip(x.split(size), y.split(size)))
+        correct, loss = torch.zeros((), dtype=torch.long, device=self.device), torch.zeros((), device=self.device)
+        for k, (xs, ys) in enumerate(slices):
+            with self._accumulating(k < len(slices) - 1):
+                with torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext():
+                    out = self.step_model(xs)
+                    part = self.criterion(out, ys) * (len(ys) / len(y))
+                self.scaler.scale(part).backward()
+            correct = correct + (out.detach().argmax(1) == ys).sum()
             loss = loss + part.detach().float()
+        correct, loss = self.ranks.whole_batch(correct, loss)
         if tc.on_nan == "skip" and not torch.isfinite(loss):
             opt.zero_grad(set_to_none=True)
-            return torch.cat(logits), None
+            return correct, None
         if tc.grad_clip:
             self.scaler.unscale_(opt)
             nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
@@ -224,7 +260,12 @@ class _Trainer:
         self.scaler.update()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
-        return torch.cat(logits), loss
+        return correct, loss
+
+    def _accumulating(self, more_slices: bool) -> AbstractContextManager[Any]:
+        """A slice's gradients stay on this rank while more slices of the batch follow: the ranks
+        average the batch's once, after its last slice."""
+        return self.ddp.no_sync() if self.ddp is not None and more_slices else nullcontext()
 
     # ---- around the training --------------------------------------------------------------
     def _time_steps(self) -> Timing:
@@ -233,7 +274,8 @@ class _Trainer:
         saved = self.checkpointer.snapshot()
         self.step_model.train()
         self.loader.set_epoch(0)
-        timing = time_steps(lambda x, y: self._step(x, y)[1], self.loader, warm=2 if self.cfg.train.compile else 1)
+        timing = time_steps(lambda x, y: self._step(x, y)[1], self.loader, warm=2 if self.cfg.train.compile else 1,
+                            ranks=self.ranks)
         self.checkpointer.load(saved)
         return timing
 
@@ -249,17 +291,24 @@ class _Trainer:
         stem.init_whitening((x - mean) / std)
 
     def _validate(self, last: bool) -> tuple[float, float]:
+        """Loss and accuracy on the validation split: each rank's share, summed over the ranks, of
+        rank 0's weights (the ones checkpointed)."""
         if self.val_loader is None:
             return math.nan, math.nan
         tta = self.cfg.train.tta == "final" and last or self.cfg.train.tta is True
+        self.ranks.copy_from_main(self.ema if self.ema is not None else self.model)
         model = self.ema.module if self.ema is not None else self.model
         result = evaluate_loader(model, self.val_loader, tta=tta, amp=self.amp)
-        return result.loss, result.accuracy
+        images = int(result.confusion.sum())
+        totals = torch.tensor([result.loss * images, float(result.confusion.diag().sum()), images],
+                              dtype=torch.float64, device=self.device)
+        loss_sum, correct, seen = self.ranks.summed(totals).tolist()
+        return loss_sum / seen, correct / seen
 
     def _end_epoch(self, epoch: int, books: EpochBooks, started: float) -> dict[str, float]:
         """Validate, record the epoch's row, keep the best, decide on stopping, checkpoint."""
         p = self.progress
-        val_loss, val_acc = self._validate(last=self.planner.done or books.out_of_time())
+        val_loss, val_acc = self._validate(last=self.planner.done or books.time_up)
         self._set_lr(p.global_step)  # the row's lr is the next step's: 0 at the plan's end
         loss_sum, correct, seen = p.partial
         row = {
@@ -279,9 +328,10 @@ class _Trainer:
             p.best_val, p.best_epoch = (None if self.val_loader is None else val_acc), epoch + 1
             self.checkpointer.save_best()
         stop = self.stopper is not None and self.stopper.update(row[self.stopper.cfg.monitor])
-        p.stopped = stop or books.out_of_time()
+        p.stopped = stop or books.time_up
         self.checkpointer.save_last()
-        write_metrics(self.run_dir / "metrics.csv", p.history)
+        if self.ranks.is_main:
+            write_metrics(self.run_dir / "metrics.csv", p.history)
         return row
 
     def run(self, resume: bool) -> RunResult:
@@ -290,14 +340,17 @@ class _Trainer:
         if resume and self.checkpointer.restore():
             planner.count_unrecorded()
         else:
-            write_json(self.run_dir / "environment.json", environment_info(self.device))
+            p.processes = self.ranks.world_size
+            if self.ranks.is_main:
+                write_json(self.run_dir / "environment.json", environment_info(self.device))
             self._init_whitening()
+            self.ranks.copy_from_main(self.model)
         if not p.planned_steps:  # a resumed run keeps its plan
             planner.plan(self._time_steps)
         reporter = ProgressReporter(planner.planned_epochs, len(self.loader), quiet=self.quiet)
         with SignalGuard() as guard:
             books = EpochBooks(self.cfg.train, p, planner, self.checkpointer, reporter, guard, len(self.loader),
-                               self.device)
+                               self.ranks)
             try:
                 while p.epoch < planner.planned_epochs and not p.stopped:
                     epoch = p.epoch
@@ -306,18 +359,19 @@ class _Trainer:
                     self._train_epoch(epoch, books)
                     if books.interrupted_mid_epoch:
                         self.checkpointer.save_last()
-                        raise TrainingInterrupted(guard.signum, self.run_dir)
+                        raise TrainingInterrupted(books.stop_signal, self.run_dir)
                     row = self._end_epoch(epoch, books, started)
                     reporter.end_epoch(row)
                     if self.on_epoch_end is not None:
                         self.on_epoch_end(row)
-                    if guard.signum is not None:
-                        raise TrainingInterrupted(guard.signum, self.run_dir)
+                    if books.signalled():
+                        raise TrainingInterrupted(books.stop_signal, self.run_dir)
             finally:
                 reporter.close()
-        plot_curves(self.run_dir / "curves.png", p.history)
         summary = self._summary(time.perf_counter() - started)
-        write_json(self.run_dir / "summary.json", summary)
+        if self.ranks.is_main:
+            plot_curves(self.run_dir / "curves.png", p.history)
+            write_json(self.run_dir / "summary.json", summary)
         return RunResult(self.run_dir, summary)
 
     def _summary(self, wall_seconds: float) -> dict[str, Any]:
@@ -343,6 +397,7 @@ class _Trainer:
             "wall_seconds": wall_seconds,
             "nan_skips": p.nan_skips,
             "device": str(self.device),
+            "processes": self.ranks.world_size,
             "precision": str(self.amp).removeprefix("torch.") if self.amp else "fp32",
             "classes": list(self.data.classes),
             "mean": list(self.data.mean),

@@ -13,6 +13,10 @@ cutting a longer one short).
 Training compute is counted as 3 x forward FLOPs per image (forward + backward) x images
 trained, at the size each was trained at (`train.progressive` downscales early steps), the
 same on every machine. Plan and counts live in the run's `Progress`, so a checkpoint keeps them.
+
+In a data-parallel run the ranks take their steps together, so rank 0's clock stands for all:
+the ranks time the same throwaway steps as long as rank 0 wants, and every plan and re-plan is
+rank 0's, sent to the others. Images and compute count the whole batch, all ranks' parts.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from budgetnet.config import RunConfig
 from budgetnet.errors import BudgetnetError
 from budgetnet.models import summarize
 from budgetnet.train.checkpoint import Progress
+from budgetnet.train.distributed import Ranks
 
 # What planning a time budget measured: seconds per step, warm-up seconds (the first step,
 # compile included), seconds spent timing.
@@ -36,8 +41,8 @@ Timing = tuple[float, float, float]
 class Planner:
     """The plan (`progress.planned_steps`) and the compute count of one run."""
 
-    def __init__(self, cfg: RunConfig, steps_per_epoch: int, progress: Progress) -> None:
-        self.train, self.steps_per_epoch, self.progress = cfg.train, steps_per_epoch, progress
+    def __init__(self, cfg: RunConfig, steps_per_epoch: int, progress: Progress, ranks: Ranks) -> None:
+        self.train, self.steps_per_epoch, self.progress, self.ranks = cfg.train, steps_per_epoch, progress, ranks
         for stage in cfg.train.progressive:  # each size must fit the network: checked before any training
             if stage.size > cfg.model.input_size:
                 raise BudgetnetError(f"progressive size {stage.size} is larger than the input size "
@@ -57,11 +62,10 @@ class Planner:
         if self.train.time_budget_s is None:
             return
         seconds_per_step, warmup_seconds, calibration_seconds = time_steps()
-        p.planned_steps = self._steps_that_fit(0.0, seconds_per_step)
-        p.calibration = {
+        p.planned_steps, p.calibration = self.ranks.from_main(lambda: (self._steps_that_fit(0.0, seconds_per_step), {
             "seconds_per_step": seconds_per_step, "warmup_seconds": warmup_seconds,
             "calibration_seconds": calibration_seconds,
-        }
+        }))
 
     def replan(self, running: float) -> None:
         """Revise a time-budgeted plan from the pace so far (`running`: seconds of training not
@@ -70,7 +74,7 @@ class Planner:
         if self.train.time_budget_s is None or p.global_step == 0:
             return
         elapsed = p.train_seconds + running
-        steps = self._steps_that_fit(elapsed, elapsed / p.global_step)
+        steps = self.ranks.from_main(lambda: self._steps_that_fit(elapsed, elapsed / p.global_step))
         if abs(steps - p.planned_steps) <= 0.02 * p.planned_steps:
             return
         p.planned_steps = steps
@@ -143,14 +147,15 @@ class Planner:
 
 
 def time_steps(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None],
-               batches: Iterable[tuple[torch.Tensor, torch.Tensor]], warm: int) -> Timing:
+               batches: Iterable[tuple[torch.Tensor, torch.Tensor]], warm: int, ranks: Ranks) -> Timing:
     """Seconds per training step from throwaway `step(x, y)` calls (returning the loss, or None
     for a skipped batch) on `batches` (iterated again if they run out). The first `warm` (one;
-    two with compile: forward and backward graphs) are warm-up and not timed."""
+    two with compile: forward and backward graphs) are warm-up and not timed. Several ranks take
+    as many steps as rank 0 times."""
     times: list[float] = []
     started = time.perf_counter()
     pending = iter(batches)
-    while len(times) < warm + 2 or (sum(times[warm:]) < 1.0 and len(times) < warm + 20):
+    while ranks.from_main(lambda: len(times) < warm + 2 or (sum(times[warm:]) < 1.0 and len(times) < warm + 20)):
         t = time.perf_counter()
         try:
             x, y = next(pending)
