@@ -7,8 +7,10 @@ import io
 import pickle
 import tarfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -145,6 +147,31 @@ def encode(img: np.ndarray, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format=fmt)
     return buf.getvalue()
+
+
+def rewrite_checkpoint(path: Path, edit: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Rewrite a checkpoint file's payload as `edit` returns it, behind a valid header: how
+    tests make the layouts earlier budgetnet versions wrote."""
+    import hashlib
+
+    import torch
+
+    raw = path.read_bytes()
+    start = raw.index(b"\n") + 1
+    payload = edit(torch.load(io.BytesIO(raw[start:]), weights_only=True))
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    path.write_bytes(f"BUDGETNET-CKPT v1 sha256={hashlib.sha256(data).hexdigest()} len={len(data)}\n".encode() + data)
+
+
+@pytest.fixture(scope="module")
+def search_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 16x16 images of 3 classes in an .npz: the searches' dataset (a trial trains in about a second)."""
+    synthetic = make_synthetic({"train": 100}, size=16)
+    path = tmp_path_factory.mktemp("search-data") / "tiny.npz"
+    np.savez(path, x=synthetic.x["train"], y=synthetic.y["train"], classes=np.array(synthetic.classes))
+    return path
 
 
 def write_noisy_npz(path: Path, n: int, seed: int) -> Path:

@@ -78,6 +78,22 @@ def test_augment_gets_dataset_indices(data) -> None:
             assert flipped.equal((expected == data[0][yb].flip(3)).flatten(1).all(1))
 
 
+def test_shards_are_equal_parts_of_the_same_batches(data) -> None:
+    """Data-parallel ranks: each yields its part of every batch, augmented as in one process."""
+    def make(shard: tuple[int, int] = (0, 1)) -> DeviceLoader:
+        return DeviceLoader(*data, 16, shuffle=True, drop_last=True, seed=4, augment=_augment(), shard=shard)
+
+    whole, parts = make(), [make((rank, 4)) for rank in range(4)]
+    assert all(len(part) == len(whole) == 3 for part in parts)
+    for e in (0, 3):
+        for (xw, yw), *pieces in zip(_epoch(whole, e), *(_epoch(part, e) for part in parts), strict=True):
+            assert all(len(yp) == 4 for _, yp in pieces)
+            assert torch.cat([xp for xp, _ in pieces]).equal(xw) and torch.cat([yp for _, yp in pieces]).equal(yw)
+    for shard, drop_last in (((0, 3), True), ((2, 2), True), ((0, 2), False)):
+        with pytest.raises(ValueError, match="shard"):
+            DeviceLoader(*data, 16, drop_last=drop_last, shard=shard)
+
+
 def test_normalization_dtype_channels_last(data) -> None:
     x, y = data
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)

@@ -63,12 +63,12 @@ def hand_probs(run_dir: Path, x: torch.Tensor) -> tuple[torch.Tensor, float]:
     """Softmax of a member's best.pt on uint8 NCHW images, computed here from scratch, and the
     validation accuracy it recorded."""
     state = load_checkpoint(run_dir / "best.pt")
-    model = build_model(RunConfig.model_validate(state["config"]).model)
-    model.load_state_dict(state["model"])
-    mean = torch.tensor(state["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(state["std"]).view(1, 3, 1, 1)
+    model = build_model(RunConfig.model_validate(state.config).model)
+    model.load_state_dict(state.model)
+    mean = torch.tensor(state.mean).view(1, 3, 1, 1)
+    std = torch.tensor(state.std).view(1, 3, 1, 1)
     with torch.no_grad():
-        return torch.softmax(model.eval()((x.float() / 255 - mean) / std), 1), state["val_acc"]
+        return torch.softmax(model.eval()((x.float() / 255 - mean) / std), 1), state.val_acc
 
 
 def split_of(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,7 +140,7 @@ def test_weighted_ensemble_on_the_test_split(root: Path, capsys) -> None:
                          "--split", "test", "--weighted", "--device", "cpu", "--json")
     assert code == 0, err
     report = json.loads(out)
-    val_accs = [load_checkpoint(root / f"m{s}" / "best.pt")["val_acc"] for s in (0, 1)]
+    val_accs = [load_checkpoint(root / f"m{s}" / "best.pt").val_acc for s in (0, 1)]
     assert val_accs[0] != val_accs[1]  # otherwise weighting changes nothing
     weights = [a / sum(val_accs) for a in val_accs]
     assert report["split"] == "test" and report["weighted"] is True

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_synthetic, train_tiny, write_npz
+from conftest import make_synthetic, rewrite_checkpoint, train_tiny, write_npz
 from PIL import Image
 
 from budgetnet.cli import main
@@ -106,6 +106,43 @@ def test_last_checkpoint_evaluates_like_best(run: Path, capsys) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert report["accuracy"] == pytest.approx(summary["final_val_acc"], abs=1e-9)
     assert report["checkpoint"].endswith("last.pt") and report["classes"] == CLASSES
+
+
+def test_last_checkpoint_of_an_ema_run_evaluates_the_weights_it_validated(data: Path, tmp_path: Path,
+                                                                         capsys) -> None:
+    """With an EMA of the weights, validation ran the EMA: last.pt evaluates those weights."""
+    run = train_tiny(data, tmp_path / "ema", "--val-size", "30", "--set", "train.ema_decay=0.5")
+    capsys.readouterr()
+    code, out, err = evaluate(capsys, run / "last.pt", "--json", "--tta")
+    assert code == 0, err
+    final = (run / "metrics.csv").read_text().splitlines()
+    val_loss = float(dict(zip(final[0].split(","), final[-1].split(",")))["val_loss"])
+    assert json.loads(out)["loss"] == pytest.approx(val_loss, rel=1e-5)
+
+
+def test_a_checkpoint_of_another_format_version_is_one_line_naming_it(run: Path, capsys) -> None:
+    """best.pt and last.pt carry their layout's version; one this budgetnet does not read (a
+    later one, or one from before versions) is refused in one line that names it."""
+    rewrite_checkpoint(run / "best.pt", lambda payload: {**payload, "format_version": 2})
+    line = fails(capsys, run)
+    assert str(run / "best.pt") in line and "format version 2" in line and "reads version 1" in line
+    rewrite_checkpoint(run / "last.pt", lambda payload: {k: v for k, v in payload.items() if k != "format_version"})
+    assert "no format version" in fails(capsys, run / "last.pt")
+
+
+def test_a_checkpoint_whose_config_holds_every_kinds_settings_still_evaluates(run: Path, capsys) -> None:
+    """Run configs once held every optimizer's and schedule's settings in one section each;
+    such a checkpoint loads, the settings its kinds do not use dropped."""
+    every_optim = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
+                   "no_decay_bn_bias": False, "bn_bias_lr_scale": 1.0, "betas": [0.9, 0.999], "eps": 1e-8,
+                   "head_lr_scale": 1.0, "stem_bias_fraction": 1.0, "muon_lr": 0.24, "muon_momentum": 0.6}
+    every_schedule = {"name": "linear", "warmup_epochs": 0.0, "warmup_start_factor": 0.1, "min_lr_factor": 0.0,
+                      "step_epochs": [30.0], "gamma": 0.1, "restart_epochs": 10.0, "restart_mult": 1,
+                      "plateau_patience": 5, "plateau_mode": "val_acc", "cyclic_epochs_up": 2.0, "pct_start": 0.25}
+    rewrite_checkpoint(run / "best.pt", lambda payload: {
+        **payload, "config": {**payload["config"], "optim": every_optim, "schedule": every_schedule}})
+    code, out, err = evaluate(capsys, run, "--json")
+    assert code == 0, err
 
 
 def test_test_split_of_an_npz(run: Path, data: Path, capsys) -> None:

@@ -24,6 +24,7 @@ from budgetnet.models import ResNetSpec, fit_to_budget, summarize
 from budgetnet.models.budget import check_limits, over_limits
 from budgetnet.models.limits import Limits, measure_latency, parse_bytes, parse_flops
 from budgetnet.search import SearchSpace, run_search
+from budgetnet.search_workers import StudyStore
 from budgetnet.train.engine import RunResult
 
 BIG = 10**9  # a parameter budget that never binds, so the other limit does
@@ -277,5 +278,5 @@ def test_search_rejects_candidates_over_any_limit_untrained(tmp_path: Path, monk
     assert [cfg.model.channels for cfg in trained] == [[8, 16]]  # the huge one never reached training
     # Candidates take their classes and input size from the data (3 classes of 16x16 images).
     assert trained[0].model.classes == 3 and trained[0].model.input_size == trained[0].data.input_size == 16
-    study = optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    study = optuna.load_study(study_name="search", storage=StudyStore(tmp_path / "s").storage())
     assert {t.user_attrs.get("over_budget") for t in study.trials} == {None, True}

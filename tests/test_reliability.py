@@ -130,11 +130,11 @@ def assert_consistent(run: Path) -> dict[str, int]:
             state = load_checkpoint(run / name)  # raises BudgetnetError if damaged
             counts[name] += 1
             if name != "best.pt":
-                progress = state["progress"]
-                assert len(state["history"]) == progress["epoch"]
-                assert [int(r["epoch"]) for r in state["history"]] == list(range(1, progress["epoch"] + 1))
-                assert all(math.isfinite(float(t.float().sum())) for t in state["model"].values())
-                newest = max(newest, progress["epoch"])
+                progress = state.resume.progress
+                assert len(progress.history) == progress.epoch
+                assert [int(r["epoch"]) for r in progress.history] == list(range(1, progress.epoch + 1))
+                assert all(math.isfinite(float(t.float().sum())) for t in state.model.values())
+                newest = max(newest, progress.epoch)
     if (run / "metrics.csv").exists():
         epochs = [int(r["epoch"]) for r in read_metrics(run)]
         assert epochs == list(range(1, len(epochs) + 1)), epochs  # no epoch twice, none skipped
@@ -245,7 +245,7 @@ def _kill_chain(env: Env, run: Path, tally: _Tally, seed: int) -> ChainStats:
         tally.add()
         stats.during_startup += mode == "startup"
         stats.loaded.update(assert_consistent(run))
-        newest = [load_checkpoint(run / name)["progress"]["global_step"] for name in ("last.pt", "previous.pt")
+        newest = [load_checkpoint(run / name).resume.progress.global_step for name in ("last.pt", "previous.pt")
                   if (run / name).exists()]
         stats.steps.append(max(newest, default=0))
     return stats
@@ -276,11 +276,11 @@ def test_sigkill_at_random_moments_then_resume_reproduces_the_uninterrupted_run(
         assert_same_metrics(got, want)
         assert len(got) == EPOCHS
         # Not only the logged numbers: the final weights match the reference's too.
-        ref_model = load_checkpoint(reference.run / "last.pt")["model"]
+        ref_model = load_checkpoint(reference.run / "last.pt").model
         final = load_checkpoint(run / "last.pt")
-        assert final["progress"]["global_step"] == EPOCHS * STEPS_PER_EPOCH
+        assert final.resume.progress.global_step == EPOCHS * STEPS_PER_EPOCH
         for key, value in ref_model.items():
-            torch.testing.assert_close(final["model"][key], value, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(final.model[key], value, rtol=1e-4, atol=1e-5)
         # Kills mid-write leave temp files behind; a resumed run clears them.
         assert not [p.name for p in run.iterdir() if ".tmp-" in p.name]
     print(f"kill test: {time.monotonic() - started:.1f} s")
@@ -310,7 +310,7 @@ def test_sigint_and_sigterm_checkpoint_and_exit_with_a_resume_hint_and_a_busy_di
     for sig, code, log, next_log in ((signal.SIGINT, 130, "sig-a", "sig-b"), (signal.SIGTERM, 143, "sig-b", None)):
         proc = a
         before = _stamp(run / "last.pt")
-        steps_before = load_checkpoint(run / "last.pt")["progress"]["global_step"]
+        steps_before = load_checkpoint(run / "last.pt").resume.progress.global_step
         proc.send_signal(sig)
         assert proc.wait(timeout=60) == code, env.logs(log)
         out, err = env.logs(log)
@@ -318,7 +318,7 @@ def test_sigint_and_sigterm_checkpoint_and_exit_with_a_resume_hint_and_a_busy_di
         assert "Traceback" not in err
         # It wrote a checkpoint on its way out, at or after the step it was at.
         assert _stamp(run / "last.pt") != before
-        assert load_checkpoint(run / "last.pt")["progress"]["global_step"] >= steps_before
+        assert load_checkpoint(run / "last.pt").resume.progress.global_step >= steps_before
         assert_consistent(run)
         if next_log:
             before = _stamp(run / "last.pt")

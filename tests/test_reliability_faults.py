@@ -64,7 +64,7 @@ def assert_same_metrics(a: Path, b: Path) -> None:
 
 
 def finite_weights(path: Path) -> bool:
-    return all(bool(torch.isfinite(t.float()).all()) for t in load_checkpoint(path)["model"].values())
+    return all(bool(torch.isfinite(t.float()).all()) for t in load_checkpoint(path).model.values())
 
 
 def one_error_line(err: str) -> str:
@@ -256,7 +256,7 @@ def test_resume_falls_back_to_previous_when_last_is_damaged_and_still_reproduces
     with pytest.raises(Stop):
         engine.train(cfg, run, quiet=True, on_epoch_end=stop)
     # last.pt: end of epoch 1; previous.pt: the mid-epoch checkpoint before it (step 4).
-    assert load_checkpoint(run / "previous.pt")["progress"]["step_in_epoch"] == 4
+    assert load_checkpoint(run / "previous.pt").resume.progress.step_in_epoch == 4
     last = run / "last.pt"
     raw = last.read_bytes()
     if damage == "truncate":
@@ -344,7 +344,7 @@ def test_a_huge_learning_rate_stops_naming_the_step_and_keeps_a_finite_checkpoin
     # so no epoch finished and metrics.csv has no row to be wrong in.
     bad_step = int(re.search(r"global step (\d+)", line).group(1))
     assert 1 < bad_step <= STEPS_PER_EPOCH, line
-    assert load_checkpoint(run / "last.pt")["progress"]["global_step"] == bad_step - 1
+    assert load_checkpoint(run / "last.pt").resume.progress.global_step == bad_step - 1
     assert finite_weights(run / "last.pt")
     assert not (run / "metrics.csv").exists()
 
@@ -385,7 +385,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert "loss became non-finite in epoch 2 by step 4 (global step 10)" in message, message
     assert "lower the learning rate" in message and str(run) in message
     state = load_checkpoint(run / "last.pt")
-    assert state["progress"]["global_step"] == 8  # the last checkpoint before the NaN
+    assert state.resume.progress.global_step == 8  # the last checkpoint before the NaN
     assert finite_weights(run / "last.pt") and finite_weights(run / "previous.pt")
 
 
@@ -400,7 +400,7 @@ def test_nan_gradients_with_a_finite_loss_never_overwrite_the_last_good_checkpoi
         engine.train(tiny_config(data), run, quiet=True)
     message = str(info.value)
     assert "weights became non-finite by global step 4" in message and "lower the learning rate" in message, message
-    assert load_checkpoint(run / "last.pt")["progress"]["global_step"] == 2
+    assert load_checkpoint(run / "last.pt").resume.progress.global_step == 2
     assert finite_weights(run / "last.pt")
 
 
@@ -415,7 +415,7 @@ def test_on_nan_skip_skips_the_bad_batches_and_counts_them(
     assert result.summary["nan_skips"] == 3
     assert all(math.isfinite(r["train_loss"]) for r in rows)
     assert finite_weights(run / "last.pt") and finite_weights(run / "best.pt")
-    assert load_checkpoint(run / "last.pt")["progress"]["nan_skips"] == 3
+    assert load_checkpoint(run / "last.pt").resume.progress.nan_skips == 3
 
 
 # ------------------------------------------------------------------------------ disk faults

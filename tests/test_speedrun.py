@@ -100,7 +100,7 @@ def test_train_pflop_counts_three_forward_passes_per_image(tmp_path: Path, data:
 def test_whitening_is_fitted_from_the_training_images(tmp_path: Path, data: Path) -> None:
     """A run's stem filters come from its data, not from the default init."""
     result = engine.train(speedrun_config(data, epochs=1), tmp_path / "run", quiet=True)
-    weight = load_checkpoint(result.run_dir / "last.pt")["model"]["stem.conv.weight"]
+    weight = load_checkpoint(result.run_dir / "last.pt").model["stem.conv.weight"]
     fresh = build_model(speedrun_config(data).model).stem.conv.weight
     assert not torch.allclose(weight, fresh)
     torch.testing.assert_close(weight[12:], -weight[:12])

@@ -79,7 +79,7 @@ def test_train_synthetic_run_directory(tmp_path: Path, easy_npz: Path, capsys) -
     flagship = recipe_mapping("flagship")
     # The recipe's settings, not pydantic's defaults, where no flag overrides them.
     assert saved.optim.nesterov == flagship["optim"]["nesterov"] and saved.train.tta and saved.augment.crop
-    assert load_config(out / "config.yaml") == type(saved).model_validate(load_checkpoint(out / "best.pt")["config"])
+    assert load_config(out / "config.yaml") == type(saved).model_validate(load_checkpoint(out / "best.pt").config)
 
     env = json.loads((out / "environment.json").read_text())
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["threads"] == 1
@@ -108,10 +108,10 @@ def test_train_synthetic_run_directory(tmp_path: Path, easy_npz: Path, capsys) -
     assert summary["precision"] == ("bfloat16" if runtime.cpu_has_native_bf16() else "fp32")
 
     best = load_checkpoint(out / "best.pt")
-    assert best["epoch"] == summary["best_epoch"] and best["val_acc"] == summary["best_val_acc"]
-    assert best["classes"] == ["cat", "dog", "frog"] and best["mean"] == summary["mean"]
+    assert best.epoch == summary["best_epoch"] and best.val_acc == summary["best_val_acc"]
+    assert best.classes == ["cat", "dog", "frog"] and best.mean == summary["mean"] and best.resume is None
     last = load_checkpoint(out / "last.pt")
-    assert last["progress"]["epoch"] == 2 and len(last["history"]) == 2
+    assert last.resume is not None and last.resume.progress.epoch == 2 and len(last.resume.progress.history) == 2
 
 
 def test_default_run_dir_name_and_human_output(tmp_path: Path, easy_npz: Path, capsys,
@@ -152,8 +152,7 @@ def test_early_stopping_and_best_checkpoint_on_validation(tmp_path: Path, easy_n
     best_epoch = accs.index(max(accs)) + 1  # the first epoch with the highest validation accuracy
     assert summary["best_epoch"] == best_epoch < summary["epochs_run"]
     assert summary["best_val_acc"] == pytest.approx(max(accs), abs=1e-6)
-    best = load_checkpoint(out / "best.pt")
-    assert best["epoch"] == best_epoch
+    assert load_checkpoint(out / "best.pt").epoch == best_epoch
     assert json.loads((out / "summary.json").read_text())["stopped_early"] is True
 
 
@@ -165,7 +164,7 @@ def test_no_validation_split_keeps_the_latest_epoch(tmp_path: Path, easy_npz: Pa
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["best_val_acc"] is None and summary["final_val_acc"] is None
-    assert summary["best_epoch"] == 2 and load_checkpoint(out / "best.pt")["epoch"] == 2
+    assert summary["best_epoch"] == 2 and load_checkpoint(out / "best.pt").epoch == 2
     _, rows = read_rows(out / "metrics.csv")
     assert len(rows) == 2 and all(math.isnan(r["val_acc"]) for r in rows)
     with Image.open(out / "curves.png") as img:

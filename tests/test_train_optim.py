@@ -5,20 +5,31 @@ from __future__ import annotations
 
 import copy
 import math
-import typing
 
 import pytest
 import torch
+from pydantic import TypeAdapter
 from torch import nn
 
 from budgetnet.train.callbacks import EarlyStopping, EarlyStoppingConfig
-from budgetnet.train.optim import OptimConfig, OptimizerName, build_optimizer
-from budgetnet.train.schedules import Plateau, ScheduleConfig, ScheduleName, lr_factor
+from budgetnet.train.optim import OPTIMIZER_NAMES, OptimConfig, build_optimizer
+from budgetnet.train.schedules import SCHEDULE_NAMES, Plateau, ScheduleConfig, lr_factor
+from budgetnet.train.tagged import kinds
 
-OPTIMIZERS = list(typing.get_args(OptimizerName))
-SCHEDULES = list(typing.get_args(ScheduleName))
+OPTIMIZERS = list(OPTIMIZER_NAMES)
+SCHEDULES = list(SCHEDULE_NAMES)
 STEPS_PER_EPOCH, EPOCHS = 4, 3
 TOTAL = STEPS_PER_EPOCH * EPOCHS
+
+
+def optim(**fields: object) -> OptimConfig:
+    return TypeAdapter(OptimConfig).validate_python(fields)
+
+
+def schedule(name: str, **settings: object) -> ScheduleConfig:
+    """The schedule `name` with those of `settings` it takes."""
+    takes = kinds(ScheduleConfig)[name].model_fields
+    return TypeAdapter(ScheduleConfig).validate_python({"name": name, **{k: v for k, v in settings.items() if k in takes}})
 
 
 def tiny_net() -> nn.Module:
@@ -33,16 +44,34 @@ def loss_of(model: nn.Module) -> torch.Tensor:
     return nn.functional.cross_entropy(model(x), y)
 
 
-def test_names_cover_the_cli_help() -> None:
-    assert OPTIMIZERS == ["sgd", "adam", "adamw", "adamax", "adagrad", "rmsprop", "adadelta", "asgd", "muon"]
+def test_every_kind_has_a_config() -> None:
+    assert sorted(OPTIMIZERS) == sorted(["sgd", "adam", "adamw", "adamax", "adagrad", "rmsprop", "adadelta", "asgd", "muon"])
     assert SCHEDULES == ["constant", "step", "cosine", "cosine_restarts", "plateau", "cyclic", "onecycle", "linear"]
+
+
+def test_a_setting_of_another_kind_is_refused() -> None:
+    """A setting the chosen schedule or optimizer does not use is an error naming both, not a
+    silent no-op; a complete section as one model dumped every kind's settings still loads."""
+    from budgetnet.config import build_config
+    from budgetnet.errors import BudgetnetError
+
+    with pytest.raises(BudgetnetError, match=r"unknown key 'schedule.plateau_patience' \(not a setting of the cosine "
+                                             r"schedule, which takes warmup_epochs, warmup_start_factor, min_lr_factor\)"):
+        build_config({"schedule": {"name": "cosine", "plateau_patience": 3}})
+    with pytest.raises(BudgetnetError, match="unknown key 'optim.momentum' .not a setting of the adam optimizer"):
+        build_config({"optim": {"name": "adam", "momentum": 0.9}})
+    every_setting = {"name": "adam", "lr": 0.01, "momentum": 0.8, "nesterov": True, "weight_decay": 0.0,
+                     "no_decay_bn_bias": True, "bn_bias_lr_scale": 1.0, "betas": [0.8, 0.9], "eps": 1e-7,
+                     "head_lr_scale": 1.0, "stem_bias_fraction": 1.0, "muon_lr": 0.24, "muon_momentum": 0.6}
+    assert build_config({"optim": every_setting}).optim == optim(name="adam", lr=0.01, weight_decay=0.0,
+                                                                 no_decay_bn_bias=True, betas=(0.8, 0.9), eps=1e-7)
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_every_optimizer_builds_and_lowers_the_loss(name: str) -> None:
     model = tiny_net()
     lr = 1.0 if name == "adadelta" else 0.05  # adadelta's lr scales an already unit-free step
-    opt = build_optimizer(model, OptimConfig(name=name, lr=lr, weight_decay=1e-4))
+    opt = build_optimizer(model, optim(name=name, lr=lr, weight_decay=1e-4))
     assert type(opt).__name__.lower() == ("muonsgd" if name == "muon" else name)
     before = [p.detach().clone() for p in model.parameters()]
     first = loss_of(model).item()
@@ -68,7 +97,7 @@ def test_muon_groups_filters_head_and_stem_bias() -> None:
     whitening bias a shortened horizon, frozen parameters no group; weight decay per step is
     the same for every SGD group whatever its lr."""
     model = speedrun_net()
-    cfg = OptimConfig(name="muon", lr=0.05, head_lr_scale=10.0, stem_bias_fraction=0.25, weight_decay=0.004,
+    cfg = optim(name="muon", lr=0.05, head_lr_scale=10.0, stem_bias_fraction=0.25, weight_decay=0.004,
                       muon_lr=0.2)
     opt = build_optimizer(model, cfg)
     biases, head, stem, filters = opt.param_groups
@@ -84,7 +113,7 @@ def test_muon_groups_filters_head_and_stem_bias() -> None:
 
 def test_muon_steps_keep_filter_norms_and_resume_exactly() -> None:
     model = speedrun_net()
-    opt = build_optimizer(model, OptimConfig(name="muon"))
+    opt = build_optimizer(model, optim(name="muon"))
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
 
     def step() -> None:
@@ -107,7 +136,7 @@ def test_muon_steps_keep_filter_norms_and_resume_exactly() -> None:
 
 def test_param_groups_exempt_bn_and_bias_from_weight_decay() -> None:
     model = tiny_net()
-    cfg = OptimConfig(lr=0.1, weight_decay=5e-4, no_decay_bn_bias=True, bn_bias_lr_scale=2.0)
+    cfg = optim(lr=0.1, weight_decay=5e-4, no_decay_bn_bias=True, bn_bias_lr_scale=2.0)
     weights, others = build_optimizer(model, cfg).param_groups
     assert all(p.ndim > 1 for p in weights["params"]) and all(p.ndim == 1 for p in others["params"])
     assert len(others["params"]) == 3  # BN weight and bias, Linear bias
@@ -117,21 +146,21 @@ def test_param_groups_exempt_bn_and_bias_from_weight_decay() -> None:
     grouped = [id(p) for g in (weights, others) for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in model.parameters()) and len(set(grouped)) == len(grouped)
 
-    decayed = build_optimizer(model, OptimConfig(weight_decay=5e-4)).param_groups
+    decayed = build_optimizer(model, optim(weight_decay=5e-4)).param_groups
     assert [g["weight_decay"] for g in decayed] == [5e-4, 5e-4]
 
 
 def test_nesterov_needs_momentum() -> None:
-    opt = build_optimizer(tiny_net(), OptimConfig(name="sgd", nesterov=True, momentum=0.0))
+    opt = build_optimizer(tiny_net(), optim(name="sgd", nesterov=True, momentum=0.0))
     assert opt.defaults["nesterov"] is False
-    opt = build_optimizer(tiny_net(), OptimConfig(name="sgd", nesterov=True, momentum=0.9))
+    opt = build_optimizer(tiny_net(), optim(name="sgd", nesterov=True, momentum=0.9))
     assert opt.defaults["nesterov"] is True
 
 
 def lr_trace(cfg: ScheduleConfig, lr: float = 0.1, lr_scale: float = 1.0) -> list[list[float]]:
     """Per-group lr before each step of a whole run, as the loop sets it (plateau: metrics
     that never improve, reported at each epoch's end)."""
-    opt = build_optimizer(tiny_net(), OptimConfig(lr=lr, bn_bias_lr_scale=lr_scale))
+    opt = build_optimizer(tiny_net(), optim(lr=lr, bn_bias_lr_scale=lr_scale))
     plateau = Plateau(cfg)
     trace = []
     for step in range(TOTAL + 1):
@@ -145,8 +174,8 @@ def lr_trace(cfg: ScheduleConfig, lr: float = 0.1, lr_scale: float = 1.0) -> lis
 @pytest.mark.parametrize("warmup", [0.0, 1.0, 0.5])
 @pytest.mark.parametrize("name", SCHEDULES)
 def test_every_schedule_steps_with_finite_positive_lr(name: str, warmup: float) -> None:
-    cfg = ScheduleConfig(name=name, warmup_epochs=warmup, step_epochs=[2.0], restart_epochs=1.0,
-                         plateau_patience=0, cyclic_epochs_up=1.0)
+    cfg = schedule(name, warmup_epochs=warmup, step_epochs=[2.0], restart_epochs=1.0, plateau_patience=0,
+                   cyclic_epochs_up=1.0)
     trace = lr_trace(cfg, lr=0.1, lr_scale=2.0)
     assert len(trace) == TOTAL + 1
     for lrs in trace[:-1]:  # every lr a step used
@@ -163,34 +192,34 @@ def test_every_schedule_steps_with_finite_positive_lr(name: str, warmup: float) 
 
 def test_schedule_shapes() -> None:
     peak = 0.1
-    const = [lrs[0] for lrs in lr_trace(ScheduleConfig(name="constant"))]
+    const = [lrs[0] for lrs in lr_trace(schedule("constant"))]
     assert const == [pytest.approx(peak)] * (TOTAL + 1)
 
-    step = [lrs[0] for lrs in lr_trace(ScheduleConfig(name="step", step_epochs=[2.0], gamma=0.1, warmup_epochs=1.0))]
+    step = [lrs[0] for lrs in lr_trace(schedule("step", step_epochs=[2.0], gamma=0.1, warmup_epochs=1.0))]
     at = 2 * STEPS_PER_EPOCH  # the decay lands at epoch 2 whatever the warm-up
     assert step[at - 1] == pytest.approx(peak) and step[at] == pytest.approx(peak * 0.1)
 
-    linear = [lrs[0] for lrs in lr_trace(ScheduleConfig(name="linear", min_lr_factor=0.1))]
+    linear = [lrs[0] for lrs in lr_trace(schedule("linear", min_lr_factor=0.1))]
     assert linear == sorted(linear, reverse=True) and linear[-1] == pytest.approx(peak * 0.1)
 
-    cosine = [lrs[0] for lrs in lr_trace(ScheduleConfig(name="cosine", min_lr_factor=0.0, warmup_epochs=1.0))]
+    cosine = [lrs[0] for lrs in lr_trace(schedule("cosine", min_lr_factor=0.0, warmup_epochs=1.0))]
     assert cosine[STEPS_PER_EPOCH:] == sorted(cosine[STEPS_PER_EPOCH:], reverse=True)
     assert cosine[-1] == pytest.approx(0.0, abs=1e-12)
 
-    restarts = [lrs[0] for lrs in lr_trace(ScheduleConfig(name="cosine_restarts", restart_epochs=1.0))]
+    restarts = [lrs[0] for lrs in lr_trace(schedule("cosine_restarts", restart_epochs=1.0))]
     assert restarts[STEPS_PER_EPOCH] == pytest.approx(peak) and restarts[STEPS_PER_EPOCH - 1] < peak
 
-    onecycle = [lrs[0] for lrs in lr_trace(ScheduleConfig(name="onecycle", pct_start=0.25))]
+    onecycle = [lrs[0] for lrs in lr_trace(schedule("onecycle", pct_start=0.25))]
     top = onecycle.index(max(onecycle))
     # trace[TOTAL - 1] is the last lr a step uses (OneCycleLR's value after the run is meaningless).
     assert max(onecycle) == pytest.approx(peak) and 0 < top < TOTAL and onecycle[TOTAL - 1] < peak / 1000
 
-    cyclic = [lrs[0] for lrs in lr_trace(ScheduleConfig(name="cyclic", cyclic_epochs_up=1.0))]
+    cyclic = [lrs[0] for lrs in lr_trace(schedule("cyclic", cyclic_epochs_up=1.0))]
     assert min(cyclic) == pytest.approx(peak * 0.01) and max(cyclic) == pytest.approx(peak)
 
 
 def test_plateau_decays_per_epoch_and_respects_the_floor() -> None:
-    cfg = ScheduleConfig(name="plateau", plateau_patience=0, gamma=0.5, min_lr_factor=0.3)
+    cfg = schedule("plateau", plateau_patience=0, gamma=0.5, min_lr_factor=0.3)
     per_epoch = [lrs[0] for lrs in lr_trace(cfg)][::STEPS_PER_EPOCH]
     # Never improving: the first epoch sets the best, each later one halves, down to 0.03.
     assert per_epoch == [pytest.approx(v) for v in (0.1, 0.1, 0.05, 0.03)]
@@ -198,7 +227,7 @@ def test_plateau_decays_per_epoch_and_respects_the_floor() -> None:
 
 def test_plateau_mode_follows_the_monitored_metric() -> None:
     for mode, better in (("val_acc", [0.1, 0.2, 0.3]), ("val_loss", [3.0, 2.0, 1.0])):
-        plateau = Plateau(ScheduleConfig(name="plateau", plateau_mode=mode, plateau_patience=0))
+        plateau = Plateau(schedule("plateau", plateau_mode=mode, plateau_patience=0))
         for value in better:
             plateau.update(value)
         assert plateau.scale == 1.0, mode  # improving: no decay
@@ -210,7 +239,7 @@ def test_plateau_mode_follows_the_monitored_metric() -> None:
 def test_tiny_runs_do_not_break_schedules(epochs: int, spe: int) -> None:
     """One or two steps in all, with a warm-up longer than the run: still a valid schedule."""
     for name in SCHEDULES:
-        cfg = ScheduleConfig(name=name, warmup_epochs=5.0)
+        cfg = schedule(name, warmup_epochs=5.0)
         for step in range(epochs * spe + 1):
             factor = lr_factor(cfg, step, epochs * spe, epochs)
             assert math.isfinite(factor) and factor >= 0, name
@@ -219,7 +248,7 @@ def test_tiny_runs_do_not_break_schedules(epochs: int, spe: int) -> None:
 def test_plateau_state_round_trips() -> None:
     """The one schedule state a checkpoint stores: a restored plateau decays where the original
     would (every other schedule is a pure function of the step)."""
-    cfg = ScheduleConfig(name="plateau", plateau_patience=1, gamma=0.5)
+    cfg = schedule("plateau", plateau_patience=1, gamma=0.5)
     original = Plateau(cfg)
     for value in (0.5, 0.4):
         original.update(value)
@@ -233,7 +262,7 @@ def test_plateau_state_round_trips() -> None:
 def test_compressed_schedule_keeps_its_shape() -> None:
     """Re-planning a run to fewer steps is changing total_steps: the warm-up and decay land at
     the same fractions of the run."""
-    cfg = ScheduleConfig(name="linear", warmup_epochs=1.0, warmup_start_factor=0.1)
+    cfg = schedule("linear", warmup_epochs=1.0, warmup_start_factor=0.1)
     full = [lr_factor(cfg, s, 40, 4) for s in range(40)]
     half = [lr_factor(cfg, s, 20, 4) for s in range(20)]
     assert half == pytest.approx(full[::2], abs=0.06)

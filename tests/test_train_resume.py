@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import make_synthetic, write_npz
+from conftest import make_synthetic, rewrite_checkpoint, write_npz
 
 from budgetnet.cli import main
 from budgetnet.config import RunConfig, load_config
 from budgetnet.train import engine
-from budgetnet.train.checkpoint import load_checkpoint, save_checkpoint
-from budgetnet.train.optim import OptimConfig
+from budgetnet.train.checkpoint import load_checkpoint
+from budgetnet.train.optim import SGDConfig
 
 TIMING_COLUMNS = {"seconds", "train_seconds"}
 
@@ -43,7 +43,7 @@ def assert_same_history(a: Path, b: Path) -> None:
 
 
 def assert_same_weights(a: Path, b: Path, name: str = "last.pt") -> None:
-    sa, sb = load_checkpoint(a / name)["model"], load_checkpoint(b / name)["model"]
+    sa, sb = load_checkpoint(a / name).model, load_checkpoint(b / name).model
     assert sa.keys() == sb.keys()
     for key in sa:
         torch.testing.assert_close(sa[key], sb[key], rtol=1e-5, atol=1e-6, msg=key)
@@ -84,7 +84,7 @@ def train_whole_and_cut(cfg: RunConfig, tmp_path: Path, cut_cfg: RunConfig | Non
 def test_resume_after_an_epoch_matches_uninterrupted(tmp_path: Path, data: Path, capsys) -> None:
     whole, cut = train_whole_and_cut(tiny_config(data), tmp_path)
     assert len(metrics(cut)) == 1 and not (cut / "summary.json").exists()
-    assert load_checkpoint(cut / "last.pt")["progress"]["epoch"] == 1
+    assert load_checkpoint(cut / "last.pt").resume.progress.epoch == 1
 
     assert main(["train", "--resume", str(cut), "--quiet"]) == 0, capsys.readouterr().err
     assert_same_history(whole, cut)
@@ -106,12 +106,15 @@ def test_a_checkpoint_from_before_step_schedules_resumes_the_same(tmp_path: Path
     """A last.pt written when torch schedulers were checkpointed (optimizer groups without
     peak_lr/horizon, a `scheduler` entry) resumes into the same run: the lr is recomputed from
     the step."""
-    cfg = tiny_config(data, epochs=3).model_copy(update={"optim": OptimConfig(name="sgd", lr=0.1, nesterov=True)})
+    cfg = tiny_config(data, epochs=3).model_copy(update={"optim": SGDConfig(lr=0.1, nesterov=True)})
     whole, cut = train_whole_and_cut(cfg, tmp_path)
-    state = load_checkpoint(cut / "last.pt")
-    for group in state["optimizer"]["param_groups"]:
-        del group["peak_lr"], group["horizon"]
-    save_checkpoint(cut / "last.pt", {**state, "scheduler": {"last_epoch": 7}})
+
+    def before_step_schedules(payload: dict) -> dict:
+        for group in payload["optimizer"]["param_groups"]:
+            del group["peak_lr"], group["horizon"]
+        return {**payload, "scheduler": {"last_epoch": 7}}
+
+    rewrite_checkpoint(cut / "last.pt", before_step_schedules)
     assert main(["train", "--resume", str(cut), "--quiet"]) == 0, capsys.readouterr().err
     assert_same_history(whole, cut)
     assert_same_weights(whole, cut)
@@ -145,8 +148,8 @@ def test_sigint_mid_epoch_then_resume_matches_uninterrupted(
     err = capsys.readouterr().err
     assert code == 130, err
     assert f"interrupted by SIGINT; resume with: budgetnet train --resume {cut}" in err
-    progress = load_checkpoint(cut / "last.pt")["progress"]
-    assert (progress["epoch"], progress["step_in_epoch"]) == (1, 10)
+    progress = load_checkpoint(cut / "last.pt").resume.progress
+    assert (progress.epoch, progress.step_in_epoch) == (1, 10)
     assert len(metrics(cut)) == 1
     assert signal.getsignal(signal.SIGINT) is handler  # the guard put the old handler back
 

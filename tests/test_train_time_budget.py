@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import make_synthetic, write_npz
 from test_train_resume import assert_same_history, assert_same_weights, metrics, tiny_config, train_whole_and_cut
 
@@ -16,7 +17,8 @@ from budgetnet.cli import main
 from budgetnet.config import TrainConfig
 from budgetnet.train import engine
 from budgetnet.train.checkpoint import load_checkpoint
-from budgetnet.train.schedules import ScheduleConfig, lr_factor
+from budgetnet.train.distributed import Ranks
+from budgetnet.train.schedules import LinearSchedule, ScheduleConfig, lr_factor
 
 
 @pytest.fixture
@@ -30,7 +32,7 @@ def lrs(cfg: ScheduleConfig, spe: int, epochs: int, total_steps: int | None) -> 
 
 
 def test_compressed_schedule_keeps_its_shape_in_fewer_steps() -> None:
-    cfg = ScheduleConfig(name="linear", warmup_epochs=1.0, warmup_start_factor=0.1)
+    cfg = LinearSchedule(warmup_epochs=1.0, warmup_start_factor=0.1)
     full = lrs(cfg, spe=100, epochs=10, total_steps=None)  # warm-up 100 steps of 1,000
     short = lrs(cfg, spe=100, epochs=10, total_steps=250)  # the same recipe in a quarter
     assert max(full) == max(short) == pytest.approx(1.0)
@@ -70,7 +72,7 @@ def test_a_resumed_budgeted_run_keeps_its_plan(tmp_path: Path, data: Path, monke
     monkeypatch.setattr(engine._Trainer, "_time_steps", lambda self: (1.0, 0.5, 1.0))
     cfg = tiny_config(data, time_budget_s=10.4)  # 10 of the 3 x 7 steps: all of epoch 1, 3 of epoch 2
     whole, cut = train_whole_and_cut(cfg, tmp_path)
-    assert load_checkpoint(cut / "last.pt")["progress"]["planned_steps"] == 10
+    assert load_checkpoint(cut / "last.pt").resume.progress.planned_steps == 10
     # Were the plan made again, this "measurement" would allow all 21 steps.
     monkeypatch.setattr(engine._Trainer, "_time_steps", lambda self: (0.01, 0.5, 1.0))
     assert main(["train", "--resume", str(cut), "--quiet"]) == 0, capsys.readouterr().err
@@ -83,10 +85,10 @@ def test_a_new_plan_moves_the_schedule_at_once(tmp_path: Path, data: Path) -> No
     """The lr is a function of (step, planned steps): re-planning changes one integer, and the
     very next step follows the new plan; nothing else needs rebuilding or checkpointing."""
     cfg = tiny_config(data)
-    trainer = engine._Trainer(cfg, tmp_path, quiet=True, on_epoch_end=None)
+    trainer = engine._Trainer(cfg, tmp_path, Ranks(torch.device("cpu")), quiet=True, on_epoch_end=None)
     peak = trainer.optimizer.param_groups[0]["peak_lr"]
     for planned in (21, 10):
-        trainer.state.planned_steps = planned
+        trainer.progress.planned_steps = planned
         trainer._set_lr(8)
         expected = peak * lr_factor(cfg.schedule, 8, planned, cfg.train.epochs)
         assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected)

@@ -21,11 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from budgetnet.data import AugmentConfig, DataConfig, DataShape, data_shape
 from budgetnet.errors import BudgetnetError
 from budgetnet.models import Budget, ResNetSpec, format_validation_error, get_preset, load_model_section
-from budgetnet.models.limits import ByteSize, Flops, Limits
+from budgetnet.models.limits import BytesLimit, FlopsLimit, Limits
 from budgetnet.models.spec import match_data, validate_spec
 from budgetnet.train.callbacks import EarlyStoppingConfig
-from budgetnet.train.optim import OptimConfig
-from budgetnet.train.schedules import ScheduleConfig
+from budgetnet.train.optim import OptimConfig, SGDConfig
+from budgetnet.train.schedules import CosineSchedule, ScheduleConfig
+from budgetnet.train.tagged import kinds
 
 DEFAULT_RECIPE = "flagship"
 # The run-config keys of the limits (`RunConfig.limits`); space files take them too.
@@ -39,6 +40,12 @@ class ResizeStage(BaseModel):
 
     until: float = Field(gt=0, le=1)
     size: int = Field(ge=4, le=4096)
+
+
+def require_increasing(values: list[float], rule: str) -> None:
+    """A validator's check: `values` strictly increase, or a ValueError stating `rule`."""
+    if values != sorted(set(values)):
+        raise ValueError(f"{rule}, got {values}")
 
 
 class TrainConfig(BaseModel):
@@ -63,6 +70,10 @@ class TrainConfig(BaseModel):
         "cores: 0.106 TFLOP/s at 500 images, 0.065 at 2,000)",
     )
     threads: int | None = Field(None, ge=1, le=1024)
+    sync_bn: bool = Field(
+        False, description="with several processes (torchrun, --nproc): batch-norm statistics over the whole "
+        "batch (SyncBatchNorm, CUDA only) instead of each process's part of it",
+    )
     early_stopping: EarlyStoppingConfig | None = None
     ema_decay: float | None = Field(None, gt=0, lt=1, description="evaluate an EMA of the weights")
     tta: bool | Literal["final"] = Field(
@@ -101,9 +112,7 @@ class TrainConfig(BaseModel):
     @field_validator("progressive")
     @classmethod
     def _stages_in_order(cls, value: list[ResizeStage]) -> list[ResizeStage]:
-        untils = [stage.until for stage in value]
-        if untils != sorted(set(untils)):
-            raise ValueError(f"progressive stages must have increasing `until` fractions, got {untils}")
+        require_increasing([stage.until for stage in value], "progressive stages must have increasing `until` fractions")
         return value
 
     @field_validator("time_budget_s", mode="before")
@@ -124,8 +133,8 @@ class RunConfig(BaseModel):
 
     name: str = Field("run", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
     budget: Budget = 5_000_000
-    max_flops: Flops | None = Field(None, description="forward FLOPs per image at most (300M, 1.5G)")
-    max_bytes: ByteSize | None = Field(None, description="stored weight bytes at most (2MB, 1.5MiB): fp32, or int8 "
+    max_flops: FlopsLimit = Field(None, description="forward FLOPs per image at most (300M, 1.5G)")
+    max_bytes: BytesLimit = Field(None, description="stored weight bytes at most (2MB, 1.5MiB): fp32, or int8 "
                                                          "with int8_bytes")
     int8_bytes: bool = Field(False, description="max_bytes counts the weights as the int8 export stores them")
     max_latency_ms: float | None = Field(None, gt=0, allow_inf_nan=False,
@@ -135,8 +144,8 @@ class RunConfig(BaseModel):
     model: ResNetSpec = Field(default_factory=lambda: get_preset(DEFAULT_RECIPE))
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    optim: OptimConfig = Field(default_factory=SGDConfig)
+    schedule: ScheduleConfig = Field(default_factory=CosineSchedule)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @property
@@ -253,14 +262,31 @@ def _expanded_size(data: Any) -> int:
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """`override` wins; nested mappings merge key by key. A model `preset` replaces the section."""
-    merged = dict(base)
+    """`override` wins; nested mappings merge key by key. A model `preset` replaces the section;
+    an override naming another optimizer or schedule keeps only the settings of the base that
+    the new one takes (`--optimizer adam` over a recipe's SGD drops its momentum)."""
+    merged = settings_kept(base, override.get("name"))
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict) and "preset" not in value:
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
+
+
+_TAGGED_SECTIONS = (kinds(OptimConfig), kinds(ScheduleConfig))
+
+
+def settings_kept(section: dict[str, Any], new_name: Any) -> dict[str, Any]:
+    """`section` without the settings the kind `new_name` does not take, when `section` is an
+    optimizer or schedule section of another kind (about to be renamed `new_name`); otherwise
+    all of it."""
+    for by_name in _TAGGED_SECTIONS:
+        settings = {key for kind in by_name.values() for key in kind.model_fields}
+        renamed = isinstance(new_name, str) and section.get("name", new_name) != new_name
+        if renamed and new_name in by_name and set(section) <= settings:
+            return {key: value for key, value in section.items() if key in by_name[new_name].model_fields}
+    return dict(section)
 
 
 def build_config(mapping: dict[str, Any], source: str = "config") -> RunConfig:

@@ -37,10 +37,9 @@ from budgetnet.data import DeviceLoader
 from budgetnet.data.sources import Resize
 from budgetnet.data.splits import stratified_subset
 from budgetnet.errors import BudgetnetError, one_line, warn
-from budgetnet.evaluate import EvalResult, eval_data_config, evaluate_loader, find_checkpoint, load_split
+from budgetnet.evaluate import EvalResult, eval_data_config, evaluate_loader, load_split, load_trained
 from budgetnet.files import atomic_write_bytes, write_json
-from budgetnet.models import build_model, count_params
-from budgetnet.train.checkpoint import load_checkpoint
+from budgetnet.models import count_params
 
 FP32_FILE, INT8_FILE, REPORT_FILE = "model.onnx", "model-int8.onnx", "model.json"
 INPUT_FORMAT = "float32 RGB, N x 3 x H x W, values in [0, 1] (pixel / 255); normalization is in the graph"
@@ -145,31 +144,10 @@ def load_model(path: Path, *, last: bool = False) -> Deployed:
                                  f"({exc.error_count()} problems); export it again with this version") from None
         return Deployed(onnx_model.eval(), list(meta["classes"]), cfg, meta["mean"], meta["std"], path,
                         meta.get("epoch"))
-    ckpt = find_checkpoint(path / "last.pt" if last and path.is_dir() else path)
-    state = load_checkpoint(ckpt)
-    classes, mean, std = _data_stats(state, ckpt)
-    cfg = RunConfig.model_validate(state["config"])
-    net = build_model(cfg.model)
-    net.load_state_dict(state["model"])
-    return Deployed(Normalized(net, mean, std).eval(), classes, cfg, mean, std, ckpt, state.get("epoch"))
-
-
-def _data_stats(state: dict[str, Any], ckpt: Path) -> tuple[list[str], list[float], list[float]]:
-    """Class names and normalization. best.pt keeps them; last.pt (a resume point) does not, so
-    they come from the run's summary.json or best.pt beside it: one run, one training split."""
-    keys = ("classes", "mean", "std")
-    if all(k in state for k in keys):
-        return list(state["classes"]), list(state["mean"]), list(state["std"])
-    summary = ckpt.parent / "summary.json"
-    with contextlib.suppress(OSError, ValueError):
-        recorded = json.loads(summary.read_text())
-        if all(recorded.get(k) for k in keys):
-            return list(recorded["classes"]), list(recorded["mean"]), list(recorded["std"])
-    best = ckpt.parent / "best.pt"
-    if best.is_file() and best != ckpt:
-        return _data_stats(load_checkpoint(best), best)
-    raise BudgetnetError(f"{ckpt} does not record the class names and input normalization, and no summary.json "
-                         "or best.pt beside it does; use the run's best.pt, or a run directory")
+    trained = load_trained(path / "last.pt" if last and path.is_dir() else path)
+    mean, std = list(trained.mean), list(trained.std)
+    return Deployed(Normalized(trained.model, mean, std).eval(), trained.classes, trained.config, mean, std,
+                    trained.checkpoint, trained.epoch)
 
 
 # ------------------------------------------------------------------------------------ export

@@ -1,13 +1,15 @@
 """Accuracy, loss, per-class accuracy and the confusion matrix of a trained model.
 
 `evaluate_loader` is what training calls on the validation split every epoch;
-`evaluate_checkpoint` is what `budgetnet evaluate` calls on a run directory or a best.pt,
+`evaluate_checkpoint` is what `budgetnet evaluate` calls on a run directory, a best.pt or a last.pt,
 through `predict_checkpoint`, which keeps every image's log-probabilities (for reports and
 ensembles). An exported .onnx is evaluated by `budgetnet.deploy`, which builds on this module.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -18,14 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from budgetnet.config import RunConfig
+from budgetnet.config import RunConfig, build_config
 from budgetnet.data import DataConfig, DeviceLoader, Split, prepare_data
 from budgetnet.errors import BudgetnetError
 from budgetnet.files import atomic_write_bytes
 from budgetnet.models import build_model
 from budgetnet.plots import figure_png, pyplot
 from budgetnet.runtime import autocast_dtype, resolve_device, use_channels_last
-from budgetnet.train.checkpoint import load_checkpoint
+from budgetnet.train.checkpoint import Checkpoint, load_checkpoint
 
 
 @dataclass
@@ -182,16 +184,32 @@ class TrainedModel:
 
 
 def load_trained(checkpoint: Path) -> TrainedModel:
-    """The model of a run directory (its best.pt) or of a checkpoint file."""
+    """The model of a run directory (its best.pt) or of a checkpoint file (best.pt, or last.pt:
+    the weights as the run last validated them, its EMA's where it keeps one)."""
     path = find_checkpoint(checkpoint)
-    state = load_checkpoint(path)
-    cfg = RunConfig.model_validate(state["config"])
+    ckpt = load_checkpoint(path)
+    cfg = build_config(ckpt.config, source=f"{path} (its run config)")
     model = build_model(cfg.model)
-    model.load_state_dict(state["model"])
-    return TrainedModel(
-        path, cfg, model.eval(), list(state["classes"]), tuple(state["mean"]), tuple(state["std"]),
-        state.get("val_acc"), state.get("epoch"),
-    )
+    model.load_state_dict(ckpt.validated_weights())
+    classes, mean, std = _classes_and_stats(ckpt, path)
+    return TrainedModel(path, cfg, model.eval(), classes, tuple(mean), tuple(std), ckpt.val_acc, ckpt.epoch)
+
+
+def _classes_and_stats(ckpt: Checkpoint, path: Path) -> tuple[list[str], list[float], list[float]]:
+    """Class names and the training split's normalization. A last.pt from before it recorded
+    them takes them from the run's summary.json or best.pt beside it: one run, one training split."""
+    if ckpt.classes is not None and ckpt.mean is not None and ckpt.std is not None:
+        return list(ckpt.classes), list(ckpt.mean), list(ckpt.std)
+    keys = ("classes", "mean", "std")
+    with contextlib.suppress(OSError, ValueError):
+        recorded = json.loads((path.parent / "summary.json").read_text())
+        if all(recorded.get(k) for k in keys):
+            return list(recorded["classes"]), list(recorded["mean"]), list(recorded["std"])
+    best = path.parent / "best.pt"
+    if best.is_file() and best != path:
+        return _classes_and_stats(load_checkpoint(best), best)
+    raise BudgetnetError(f"{path} does not record the class names and input normalization, and no summary.json "
+                         "or best.pt beside it does; use the run's best.pt, or a run directory")
 
 
 def eval_data_config(cfg: RunConfig, data_path: str | None, split: str) -> DataConfig:

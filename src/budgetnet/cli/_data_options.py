@@ -2,44 +2,60 @@
 
 Value options default to None, meaning "not given": `data_overrides` returns only what the user
 set, so a command can lay the flags over a config file's `data:` section (or over `DataConfig`'s
-defaults). Importing this module stays cheap: it does not import torch.
+defaults). Each option says which `DataConfig` field it sets (`Sets`, checked against the
+schema by tests/test_cli_flags.py). Importing this module stays cheap: it does not import torch.
 """
 
 from __future__ import annotations
 
+import operator
 from typing import Annotated, Any, Literal
 
 import typer
 
-from budgetnet.errors import BudgetnetError
+from budgetnet.cli._flags import Sets, flag_overrides
+
+PANEL = "Data"
 
 DataPathOpt = Annotated[str | None, typer.Option(
-    "--data", metavar="PATH",
+    "--data", metavar="PATH", rich_help_panel=PANEL,
     help="Dataset: a cifar-10-batches-py folder or cifar-10-python.tar.gz, an image folder or "
-         ".zip (<split>/<class>/<image> or <class>/<image>), or an .npz with x/y arrays.")]
+         ".zip (<split>/<class>/<image> or <class>/<image>), or an .npz with x/y arrays."), Sets("data.path")]
 DownloadOpt = Annotated[bool, typer.Option(
-    "--download", help="Fetch CIFAR-10 (python version) into the --data folder if it is not "
-                       "there yet (default folder: the cache).")]
+    "--download", rich_help_panel=PANEL, help="Fetch CIFAR-10 (python version) into the --data folder if it is "
+                                              "not there yet (default folder: the cache)."), Sets("data.download")]
 DownloadCifar100Opt = Annotated[bool, typer.Option(
-    "--download-cifar100", help="Fetch CIFAR-100 (python version) the same way.")]
+    "--download-cifar100", rich_help_panel=PANEL, help="Fetch CIFAR-100 (python version) the same way."),
+    Sets("data.download", also={"data.download_dataset": "cifar100"})]
 LabelsOpt = Annotated[Literal["fine", "coarse"] | None, typer.Option(
-    "--labels", help="CIFAR-100's labels: fine (100 classes) or coarse (its 20 superclasses) "
-                     "[default: fine]; other datasets have one set.")]
+    "--labels", rich_help_panel=PANEL, help="CIFAR-100's labels: fine (100 classes) or coarse (its 20 "
+                                            "superclasses) [default: fine]; other datasets have one set."),
+    Sets("data.labels")]
 ResizeOpt = Annotated[Literal["stretch", "center-crop"] | None, typer.Option(
-    "--resize", help="How to fit images whose size differs from the input size; without it "
-                     "they are an error.")]
+    "--resize", rich_help_panel=PANEL, help="How to fit images whose size differs from the input size; without it "
+                                            "they are an error."), Sets("data.resize")]
 InputSizeOpt = Annotated[int | None, typer.Option(
-    "--input-size", min=1, help="Image side length the model takes [default: the images' own].")]
+    "--input-size", min=1, rich_help_panel=PANEL, help="Image side length the model takes [default: the images' "
+                                                       "own]."), Sets("data.input_size")]
 ValSizeOpt = Annotated[int | None, typer.Option(
-    "--val-size", min=0, help="Stratified validation images carved from train; 0 trains on "
-                              "everything [default: 5000].")]
+    "--val-size", min=0, rich_help_panel=PANEL, help="Stratified validation images carved from train; 0 trains on "
+                                                     "everything [default: 5000]."), Sets("data.val_size")]
 SplitSeedOpt = Annotated[int | None, typer.Option(
-    "--split-seed", help="Seed of the validation split and of --subset [default: 0].")]
+    "--split-seed", rich_help_panel=PANEL, help="Seed of the validation split and of --subset [default: 0]."),
+    Sets("data.split_seed")]
 SubsetOpt = Annotated[int | None, typer.Option(
-    "--subset", min=1, help="Use a stratified sample of N training images (the validation "
-                            "split is then carved from it), for quick runs.")]
+    "--subset", min=1, rich_help_panel=PANEL, help="Use a stratified sample of N training images (the validation "
+                                                   "split is then carved from it), for quick runs."), Sets("data.subset")]
 NoCacheOpt = Annotated[bool, typer.Option(
-    "--no-cache", help="Decode the dataset again instead of using (or filling) the cache.")]
+    "--no-cache", rich_help_panel=PANEL, help="Decode the dataset again instead of using (or filling) the cache."),
+    Sets("data.cache", parse=operator.not_)]
+
+# Parameter name -> option, in `data_overrides`' order.
+DATA_FLAGS: dict[str, Any] = {
+    "data": DataPathOpt, "download": DownloadOpt, "resize": ResizeOpt, "input_size": InputSizeOpt,
+    "val_size": ValSizeOpt, "split_seed": SplitSeedOpt, "subset": SubsetOpt, "no_cache": NoCacheOpt,
+    "labels": LabelsOpt, "download_cifar100": DownloadCifar100Opt,
+}
 
 
 def data_overrides(
@@ -55,13 +71,5 @@ def data_overrides(
     download_cifar100: bool = False,
 ) -> dict[str, Any]:
     """The `DataConfig` fields set by the options above; options not given are left out."""
-    values = {"path": data, "resize": resize, "input_size": input_size, "val_size": val_size,
-              "split_seed": split_seed, "subset": subset, "labels": labels}
-    out: dict[str, Any] = {k: v for k, v in values.items() if v is not None}
-    if download and download_cifar100:
-        raise BudgetnetError("give --download (CIFAR-10) or --download-cifar100, not both")
-    if download or download_cifar100:
-        out["download"] = "cifar100" if download_cifar100 else True
-    if no_cache:
-        out["cache"] = False
-    return out
+    given = locals()  # exactly the parameters, named as in DATA_FLAGS
+    return flag_overrides(DATA_FLAGS, given).get("data", {})

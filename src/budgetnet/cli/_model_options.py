@@ -1,48 +1,28 @@
-"""The CLI flags that choose a model, shared by `summary`, `fit` and `train`.
+"""The CLI flags that choose a model, declared once for `summary`, `fit` and `train`.
 
-A command declares the ones it wants as parameters, e.g. ``blocks: BlocksOption = None``,
-and hands them to `spec_from_cli`; flags override whatever `--preset` or `--config` gave.
-Importing this module does not import torch (`budgetnet.models` does, so it is imported
-where a spec is made), which keeps `budgetnet --help` fast.
+`@model_flags` adds every flag of `MODEL_FLAGS` to a command (`budgetnet.cli._flags`); the
+command hands their values to `spec_from_cli`, and flags override whatever `--preset` or
+`--config` gave. Each flag says which `ResNetSpec` field it sets (`Sets`), which
+tests/test_cli_flags.py checks against the schema. Importing this module does not import torch
+(`budgetnet.models` does, so it is imported where a spec is made), which keeps
+`budgetnet --help` fast.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
+from budgetnet.cli._flags import Sets, flag, flag_overrides, with_flags
 from budgetnet.errors import BudgetnetError
 
 if TYPE_CHECKING:
     from budgetnet.models import ResNetSpec
 
-PresetOption = Annotated[str | None, typer.Option("--preset", help="A zoo preset (see `budgetnet zoo`).")]
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", help="YAML file: a model spec, or a run config with a `model:` section."),
-]
-BlocksOption = Annotated[str | None, typer.Option("--blocks", help="Residual blocks per layer, e.g. 4,5,3.")]
-ChannelsOption = Annotated[str | None, typer.Option("--channels", help="Channels per layer, e.g. 64,128,256.")]
-StridesOption = Annotated[str | None, typer.Option("--strides", help="Stride per layer (default 1,2,2,...).")]
-StageKindsOption = Annotated[
-    str | None, typer.Option("--stage-kinds", help="residual or conv_pool per layer (default residual).")
-]
-BlockKernelsOption = Annotated[
-    str | None, typer.Option("--block-kernels", help="Kernels of a block's convs, e.g. 5,3 (default 3,3).")
-]
-SkipKernelOption = Annotated[int | None, typer.Option("--skip-kernel", help="Projection shortcut kernel (1).")]
-StemWidthOption = Annotated[int | None, typer.Option("--stem-width", help="Stem channels (first layer's).")]
-StemKernelOption = Annotated[int | None, typer.Option("--stem-kernel", help="Stem conv kernel (3).")]
-PoolOption = Annotated[str | None, typer.Option("--pool", help="Average-pool kernel P, or global (default).")]
-BlockOption = Annotated[str | None, typer.Option("--block", help="Block type: basic, bottleneck or preact.")]
-ActivationOption = Annotated[str | None, typer.Option("--activation", help="relu, gelu or silu.")]
-ClassesOption = Annotated[int | None, typer.Option("--classes", help="Number of classes (10).")]
-DropoutOption = Annotated[float | None, typer.Option("--dropout", help="Dropout before the head (0).")]
-InputSizeOption = Annotated[int | None, typer.Option("--input-size", help="Input image side (32).")]
-HeadScaleOption = Annotated[float | None, typer.Option("--head-scale", help="Logit multiplier (1.0).")]
+PANEL = "Model"
 
 
 def _int_list(flag: str) -> Callable[[str], list[int]]:
@@ -61,7 +41,7 @@ def _str_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",")]
 
 
-def _pool(text: str) -> int | str:
+def _pool(text: str) -> int | Literal["global"]:
     if text.strip().lower() == "global":
         return "global"
     try:
@@ -70,36 +50,46 @@ def _pool(text: str) -> int | str:
         raise BudgetnetError(f"--pool {text!r} must be an integer kernel size or global") from None
 
 
-def _same(value: Any) -> Any:
-    return value
+def _model_flag(name: str, help: str, kind: Any = str, parse: Callable[[Any], Any] | None = None,
+                also: tuple[str, ...] = ()) -> Any:
+    """A model flag: `--some-name` sets the spec field `some_name` (and the fields `also`)."""
+    field = "model." + name.removeprefix("--").replace("-", "_")
+    return flag(name, kind, PANEL, Sets(field, *also, parse=parse), help)
 
 
-# Flag (as a Python parameter name) -> parser into the ResNetSpec field of the same name.
-_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "blocks": _int_list("--blocks"),
-    "channels": _int_list("--channels"),
-    "strides": _int_list("--strides"),
-    "stage_kinds": _str_list,
-    "block_kernels": _int_list("--block-kernels"),
-    "skip_kernel": _same,
-    "stem_width": _same,
-    "stem_kernel": _same,
-    "pool": _pool,
-    "block": _same,
-    "activation": _same,
-    "classes": _same,
-    "dropout": _same,
-    "input_size": _same,
-    "head_scale": _same,
+PresetOption = flag("--preset", str, PANEL, Sets("model.preset"), "A zoo preset (see `budgetnet zoo`).")
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="YAML file: a model spec, or a run config with a `model:` section."),
+]
+
+# Parameter name -> flag, in the order --help lists them.
+MODEL_FLAGS: dict[str, Any] = {
+    "blocks": _model_flag("--blocks", "Residual blocks per layer, e.g. 4,5,3.", parse=_int_list("--blocks")),
+    "channels": _model_flag("--channels", "Channels per layer, e.g. 64,128,256.", parse=_int_list("--channels")),
+    "strides": _model_flag("--strides", "Stride per layer (default 1,2,2,...).", parse=_int_list("--strides")),
+    "stage_kinds": _model_flag("--stage-kinds", "residual or conv_pool per layer (default residual).", parse=_str_list),
+    "block_kernels": _model_flag("--block-kernels", "Kernels of a block's convs, e.g. 5,3 (default 3,3).",
+                           parse=_int_list("--block-kernels")),
+    "skip_kernel": _model_flag("--skip-kernel", "Projection shortcut kernel (1).", int),
+    "stem_width": _model_flag("--stem-width", "Stem channels (first layer's).", int),
+    "stem_kernel": _model_flag("--stem-kernel", "Stem conv kernel (3).", int),
+    "pool": _model_flag("--pool", "Average-pool kernel P, or global (default).", parse=_pool),
+    "block": _model_flag("--block", "Block type: basic, bottleneck, preact or plain."),
+    "activation": _model_flag("--activation", "relu, gelu or silu."),
+    "classes": _model_flag("--classes", "Number of classes (default: the data's, else 10).", int),
+    "dropout": _model_flag("--dropout", "Dropout before the head (0).", float),
+    "input_size": _model_flag("--input-size", "Input image side (default: the data's, else 32).", int, also=("data.input_size",)),
+    "head_scale": _model_flag("--head-scale", "Logit multiplier (1.0).", float),
 }
 
+model_flags = with_flags(MODEL_FLAGS, into="model")
+"""Adds the model flags to a command, which receives their values as `model: dict[str, Any]`."""
 
-def model_overrides(**flag_values: Any) -> dict[str, Any]:
+
+def model_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
     """Spec fields from the model flags that were given (``None`` = not given)."""
-    unknown = set(flag_values) - set(_PARSERS)
-    if unknown:
-        raise TypeError(f"not model flags: {sorted(unknown)}")
-    return {name: _PARSERS[name](value) for name, value in flag_values.items() if value is not None}
+    return flag_overrides(MODEL_FLAGS, values).get("model", {})
 
 
 def read_model_section(path: Path) -> dict[str, Any]:
@@ -115,8 +105,8 @@ def read_model_section(path: Path) -> dict[str, Any]:
     return dict(data)
 
 
-def model_fields_from_cli(preset: str | None, config_path: Path | None, **flag_values: Any) -> dict[str, Any]:
-    """Unvalidated spec fields: the preset's or config's, with the given flags laid over."""
+def model_fields_from_cli(preset: str | None, config_path: Path | None, flags: Mapping[str, Any]) -> dict[str, Any]:
+    """Unvalidated spec fields: the preset's or config's, with the given model `flags` laid over."""
     from budgetnet.models.zoo import model_mapping
 
     if preset is not None and config_path is not None:
@@ -126,15 +116,15 @@ def model_fields_from_cli(preset: str | None, config_path: Path | None, **flag_v
         section = read_model_section(config_path)
     elif preset is not None:
         section = {"preset": preset}
-    return {**model_mapping(section), **model_overrides(**flag_values)}
+    return {**model_mapping(section), **model_overrides(flags)}
 
 
-def spec_from_cli(preset: str | None, config_path: Path | None, **flag_values: Any) -> ResNetSpec:
+def spec_from_cli(preset: str | None, config_path: Path | None, flags: Mapping[str, Any]) -> ResNetSpec:
     """The model the flags choose: `--preset` or `--config`, then any flag overrides; or a
     spec from flags alone (then ``--blocks`` and ``--channels`` are required)."""
     from budgetnet.models.spec import validate_spec
 
-    fields = model_fields_from_cli(preset, config_path, **flag_values)
+    fields = model_fields_from_cli(preset, config_path, flags)
     if preset is None and config_path is None and not {"blocks", "channels"} <= fields.keys():
         raise BudgetnetError(
             "choose a model: --preset NAME, --config FILE.yaml, or --blocks and --channels "

@@ -12,35 +12,14 @@ from rich.console import Console
 from rich.table import Table
 
 from budgetnet.cli._app import app
-from budgetnet.cli._budget_options import (
-    BudgetOption,
-    Int8BytesOption,
-    LatencyBatchOption,
-    MaxBytesOption,
-    MaxFlopsOption,
-    MaxLatencyOption,
-    limits_from_cli,
-)
+from budgetnet.cli._budget_options import BudgetOption, limit_flags, limits_from_cli
 from budgetnet.cli._data_options import LabelsOpt
+from budgetnet.cli._flags import GroupedHelp
 from budgetnet.cli._model_options import (
-    ActivationOption,
-    BlockKernelsOption,
-    BlockOption,
-    BlocksOption,
-    ChannelsOption,
-    ClassesOption,
     ConfigOption,
-    DropoutOption,
-    HeadScaleOption,
-    InputSizeOption,
-    PoolOption,
     PresetOption,
-    SkipKernelOption,
-    StageKindsOption,
-    StemKernelOption,
-    StemWidthOption,
-    StridesOption,
     model_fields_from_cli,
+    model_flags,
     model_overrides,
     spec_from_cli,
 )
@@ -54,8 +33,9 @@ if TYPE_CHECKING:
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 DataOption = Annotated[
     str | None,
-    typer.Option("--data", metavar="PATH", help="Take the classes and input size from this dataset (any format "
-                                                "`budgetnet train` reads), where no flag sets them."),
+    typer.Option("--data", metavar="PATH", rich_help_panel="Data",
+                 help="Take the classes and input size from this dataset (any format `budgetnet train` reads), "
+                      "where no flag sets them."),
 ]
 
 
@@ -101,63 +81,27 @@ def _with_data(fields: dict[str, Any], data: str | None, labels: str | None) -> 
     return match_data(fields, len(shape.classes), shape.input_size, data)
 
 
-@app.command()
+@app.command(cls=GroupedHelp)
+@model_flags
+@limit_flags
 def summary(
+    model: dict[str, Any],
+    limits: dict[str, Any],
     preset: PresetOption = None,
     config: ConfigOption = None,
-    blocks: BlocksOption = None,
-    channels: ChannelsOption = None,
-    strides: StridesOption = None,
-    stage_kinds: StageKindsOption = None,
-    block_kernels: BlockKernelsOption = None,
-    skip_kernel: SkipKernelOption = None,
-    stem_width: StemWidthOption = None,
-    stem_kernel: StemKernelOption = None,
-    pool: PoolOption = None,
-    block: BlockOption = None,
-    activation: ActivationOption = None,
-    classes: ClassesOption = None,
-    dropout: DropoutOption = None,
-    input_size: InputSizeOption = None,
-    head_scale: HeadScaleOption = None,
     data: DataOption = None,
     labels: LabelsOpt = None,
     budget: BudgetOption = None,
-    max_flops: MaxFlopsOption = None,
-    max_bytes: MaxBytesOption = None,
-    int8_bytes: Int8BytesOption = False,
-    max_latency_ms: MaxLatencyOption = None,
-    latency_batch: LatencyBatchOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Per-layer table, trainable params, FLOPs per image, stored size and the fit to every limit."""
     from budgetnet.models import summarize
     from budgetnet.models.spec import validate_spec
 
-    spec = spec_from_cli(
-        preset,
-        config,
-        blocks=blocks,
-        channels=channels,
-        strides=strides,
-        stage_kinds=stage_kinds,
-        block_kernels=block_kernels,
-        skip_kernel=skip_kernel,
-        stem_width=stem_width,
-        stem_kernel=stem_kernel,
-        pool=pool,
-        block=block,
-        activation=activation,
-        classes=classes,
-        dropout=dropout,
-        input_size=input_size,
-        head_scale=head_scale,
-    )
+    spec = spec_from_cli(preset, config, model)
     if data is not None or labels is not None:
         spec = validate_spec(_with_data(spec.model_dump(exclude_unset=True), data, labels))
-    limits = limits_from_cli(config, budget=budget, max_flops=max_flops, max_bytes=max_bytes, int8_bytes=int8_bytes,
-                             max_latency_ms=max_latency_ms, latency_batch=latency_batch)
-    result = summarize(spec, limits)
+    result = summarize(spec, limits_from_cli(config, budget, limits))
     if as_json:
         _echo_json(result.to_dict())
         return
@@ -183,24 +127,16 @@ def summary(
         console.print(_limit_line(check), highlight=False)
 
 
-@app.command()
-def zoo(
-    budget: BudgetOption = None,
-    max_flops: MaxFlopsOption = None,
-    max_bytes: MaxBytesOption = None,
-    int8_bytes: Int8BytesOption = False,
-    max_latency_ms: MaxLatencyOption = None,
-    latency_batch: LatencyBatchOption = None,
-    as_json: JsonOption = False,
-) -> None:
+@app.command(cls=GroupedHelp)
+@limit_flags
+def zoo(limits: dict[str, Any], budget: BudgetOption = None, as_json: JsonOption = False) -> None:
     """Every preset: what it really counts vs what its report claims, and its fit to every limit."""
     from budgetnet.models import list_presets, summarize
 
-    limits = limits_from_cli(budget=budget, max_flops=max_flops, max_bytes=max_bytes, int8_bytes=int8_bytes,
-                             max_latency_ms=max_latency_ms, latency_batch=latency_batch)
+    given = limits_from_cli(None, budget, limits)
     entries = []
     for preset in list_presets():
-        result = summarize(preset.spec, limits)
+        result = summarize(preset.spec, given)
         claimed = preset.claimed_params
         entries.append(
             {
@@ -208,7 +144,7 @@ def zoo(
                 "aliases": list(preset.aliases),
                 "params": result.params,
                 "flops": result.flops,
-                "bytes": result.bytes[limits.bytes_precision],
+                "bytes": result.bytes[given.bytes_precision],
                 "latency_ms": result.latency_ms,
                 "within_budget": result.within_budget,
                 "within_limits": result.within_limits,
@@ -222,12 +158,12 @@ def zoo(
             }
         )
     if as_json:
-        _echo_json({"budget": limits.params, "limits": limits.to_dict(), "presets": entries})
+        _echo_json({"budget": given.params, "limits": given.to_dict(), "presets": entries})
         return
-    timed = limits.latency_ms is not None
-    table = Table(title=f"Preset zoo ({_limits_title(limits)})")
+    timed = given.latency_ms is not None
+    table = Table(title=f"Preset zoo ({_limits_title(given)})")
     columns = [("Preset", "left"), ("Params", "right"), ("FLOPs", "right"),
-               (f"{limits.bytes_precision} bytes", "right"), *([("ms/img", "right")] if timed else []),
+               (f"{given.bytes_precision} bytes", "right"), *([("ms/img", "right")] if timed else []),
                ("Fits", "center"), ("Claimed", "right"), ("Diff", "right"), ("Acc %", "right"), ("Epochs", "right"),
                ("Source", "left")]
     for name, justify in columns:
@@ -275,40 +211,24 @@ def _floats(flag: str, text: str | None) -> list[float] | None:
         raise BudgetnetError(f"{flag} {text!r} is not a comma-separated list of numbers, e.g. 1,2,4") from None
 
 
-@app.command()
+@app.command(cls=GroupedHelp)
+@model_flags
+@limit_flags
 def fit(
+    model: dict[str, Any],
+    limits: dict[str, Any],
     preset: PresetOption = None,
     config: ConfigOption = None,
-    blocks: BlocksOption = None,
     width_ratios: Annotated[
         str | None, typer.Option("--width-ratios", help="Width of each layer relative to the base, e.g. 1,2,4.")
     ] = None,
-    channels: ChannelsOption = None,
     mode: Annotated[
         str, typer.Option("--mode", help="width: widest net of that depth; depth: most blocks at fixed channels.")
     ] = "width",
     multiple: Annotated[int, typer.Option("--multiple", help="Round every width to a multiple of this.")] = 1,
-    strides: StridesOption = None,
-    stage_kinds: StageKindsOption = None,
-    block_kernels: BlockKernelsOption = None,
-    skip_kernel: SkipKernelOption = None,
-    stem_width: StemWidthOption = None,
-    stem_kernel: StemKernelOption = None,
-    pool: PoolOption = None,
-    block: BlockOption = None,
-    activation: ActivationOption = None,
-    classes: ClassesOption = None,
-    dropout: DropoutOption = None,
-    input_size: InputSizeOption = None,
-    head_scale: HeadScaleOption = None,
     data: DataOption = None,
     labels: LabelsOpt = None,
     budget: BudgetOption = None,
-    max_flops: MaxFlopsOption = None,
-    max_bytes: MaxBytesOption = None,
-    int8_bytes: Int8BytesOption = False,
-    max_latency_ms: MaxLatencyOption = None,
-    latency_batch: LatencyBatchOption = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write the spec here as YAML (for --config).")] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -319,29 +239,12 @@ def fit(
     if mode not in ("width", "depth"):
         raise BudgetnetError(f"--mode {mode!r} must be width or depth")
     # --blocks/--channels go to the fit itself: in depth mode --blocks is the starting depth.
-    base = model_fields_from_cli(
-        preset,
-        config,
-        strides=strides,
-        stage_kinds=stage_kinds,
-        block_kernels=block_kernels,
-        skip_kernel=skip_kernel,
-        stem_width=stem_width,
-        stem_kernel=stem_kernel,
-        pool=pool,
-        block=block,
-        activation=activation,
-        classes=classes,
-        dropout=dropout,
-        input_size=input_size,
-        head_scale=head_scale,
-    )
+    shape = model_overrides({key: model.pop(key) for key in ("blocks", "channels")})
+    base = model_fields_from_cli(preset, config, model)
     base = _with_data(base, data, labels)
-    shape = model_overrides(blocks=blocks, channels=channels)
-    limits = limits_from_cli(config, budget=budget, max_flops=max_flops, max_bytes=max_bytes, int8_bytes=int8_bytes,
-                             max_latency_ms=max_latency_ms, latency_batch=latency_batch)
+    given = limits_from_cli(config, budget, limits)
     spec = fit_to_budget(
-        limits,
+        given,
         mode=mode,  # type: ignore[arg-type]
         blocks=shape.get("blocks"),
         width_ratios=_floats("--width-ratios", width_ratios),
@@ -349,7 +252,7 @@ def fit(
         multiple=multiple,
         base=base,
     ).resolved()
-    checks = check_limits(spec, limits)
+    checks = check_limits(spec, given)
     params = int(checks[0].value)
     text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
     if out is not None:
@@ -362,9 +265,9 @@ def fit(
         _echo_json(
             {
                 "mode": mode,
-                "budget": limits.params,
+                "budget": given.params,
                 "params": params,
-                "within_budget": params <= limits.params,
+                "within_budget": params <= given.params,
                 "limits": [check.to_dict() for check in checks],
                 "spec": spec.model_dump(mode="json"),
                 "out": None if out is None else str(out),
@@ -372,8 +275,8 @@ def fit(
         )
         return
     what = "widest" if mode == "width" else "deepest"
-    typer.echo(f"# {what} network within {_limits_title(limits)}: {params:,} parameters "
-               f"({limits.params - params:,} to spare)")
+    typer.echo(f"# {what} network within {_limits_title(given)}: {params:,} parameters "
+               f"({given.params - params:,} to spare)")
     for check in checks[1:]:
         typer.echo(f"# {_limit_line(check)}")
     if out is not None:

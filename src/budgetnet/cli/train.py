@@ -9,14 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from budgetnet.cli._app import app
-from budgetnet.cli._budget_options import (
-    Int8BytesOption,
-    LatencyBatchOption,
-    MaxBytesOption,
-    MaxFlopsOption,
-    MaxLatencyOption,
-    limit_overrides,
-)
+from budgetnet.cli._budget_options import LIMIT_FLAGS
 from budgetnet.cli._data_options import (
     DataPathOpt,
     DownloadCifar100Opt,
@@ -27,47 +20,39 @@ from budgetnet.cli._data_options import (
     SplitSeedOpt,
     SubsetOpt,
     ValSizeOpt,
-    data_overrides,
 )
 from budgetnet.cli._eval_options import BatchSizeOpt, DeviceOpt, JsonOpt, SplitOpt, TtaOpt, check_split
-from budgetnet.cli._model_options import (
-    ActivationOption,
-    BlockKernelsOption,
-    BlockOption,
-    BlocksOption,
-    ChannelsOption,
-    ClassesOption,
-    DropoutOption,
-    HeadScaleOption,
-    InputSizeOption,
-    PoolOption,
-    PresetOption,
-    SkipKernelOption,
-    StageKindsOption,
-    StemKernelOption,
-    StemWidthOption,
-    StridesOption,
-    model_overrides,
-)
+from budgetnet.cli._flags import GroupedHelp, Sets, command_flags, flag, flag_overrides, with_flags
+from budgetnet.cli._launch import speaks_for_run, train_in_processes
+from budgetnet.cli._model_options import PresetOption, model_flags
 from budgetnet.errors import BudgetnetError
 
 if TYPE_CHECKING:
     from budgetnet.config import RunConfig
 
-
-def _set(tree: dict[str, Any], section: str, key: str, value: Any) -> None:
-    if value is not None:
-        tree.setdefault(section, {})[key] = value
+RUN, TRAINING, OPTIMIZER, OUTPUT = "Run", "Training", "Optimizer and schedule", "Output"
 
 
-@app.command()
+@app.command(cls=GroupedHelp)
+@model_flags
+@with_flags(LIMIT_FLAGS)  # their values reach config_overrides through the context
 def train(
     ctx: typer.Context,
-    config: Annotated[Path | None, typer.Option("--config", help="Run config YAML (see configs/).")] = None,
-    recipe: Annotated[str | None, typer.Option("--recipe", help="A shipped recipe: flagship (default), long, cpu300.")] = None,
-    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this directory.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Run directory [default: runs/<name>-<time>].")] = None,
-    name: Annotated[str | None, typer.Option("--name", help="Run name, used in the directory name.")] = None,
+    model: dict[str, Any],
+    config: flag("--config", Path, RUN, help="Run config YAML (see configs/).") = None,
+    recipe: flag("--recipe", str, RUN, help="A shipped recipe: flagship (default), long, cpu300.") = None,
+    resume: flag("--resume", Path, RUN, help="Continue the run in this directory.") = None,
+    out: flag("--out", Path, RUN, help="Run directory [default: runs/<name>-<time>].") = None,
+    nproc: flag("--nproc", int, RUN, help="Data-parallel processes on this machine, started with torchrun: one per "
+                                          "GPU, or CPU processes sharing the cores; --batch-size is the global "
+                                          "batch. For several machines run torchrun yourself (README).") = None,
+    name: flag("--name", str, RUN, Sets("name"), "Run name, used in the directory name.") = None,
+    budget: flag("--budget", str, RUN, Sets("budget"), "Parameter budget, e.g. 5M.") = None,
+    allow_over_budget: Annotated[bool, typer.Option("--allow-over-budget", help="Train even if over budget.",
+                                                    rich_help_panel=RUN), Sets("allow_over_budget")] = False,
+    set_values: Annotated[list[str] | None, typer.Option(
+        "--set", rich_help_panel=RUN, help="Any config field, e.g. --set optim.muon_lr=0.3 --set train.tta=final "
+                                           "(YAML value); repeatable, applied last.")] = None,
     data: DataPathOpt = None,
     download: DownloadOpt = False,
     download_cifar100: DownloadCifar100Opt = False,
@@ -78,56 +63,53 @@ def train(
     subset: SubsetOpt = None,
     no_cache: NoCacheOpt = False,
     preset: PresetOption = None,
-    blocks: BlocksOption = None,
-    channels: ChannelsOption = None,
-    strides: StridesOption = None,
-    stage_kinds: StageKindsOption = None,
-    block_kernels: BlockKernelsOption = None,
-    skip_kernel: SkipKernelOption = None,
-    stem_width: StemWidthOption = None,
-    stem_kernel: StemKernelOption = None,
-    pool: PoolOption = None,
-    block: BlockOption = None,
-    activation: ActivationOption = None,
-    classes: ClassesOption = None,
-    dropout: DropoutOption = None,
-    input_size: InputSizeOption = None,
-    head_scale: HeadScaleOption = None,
-    budget: Annotated[str | None, typer.Option("--budget", help="Parameter budget, e.g. 5M.")] = None,
-    max_flops: MaxFlopsOption = None,
-    max_bytes: MaxBytesOption = None,
-    int8_bytes: Int8BytesOption = False,
-    max_latency_ms: MaxLatencyOption = None,
-    latency_batch: LatencyBatchOption = None,
-    allow_over_budget: Annotated[bool, typer.Option("--allow-over-budget", help="Train even if over budget.")] = False,
-    epochs: Annotated[int | None, typer.Option("--epochs")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
-    optimizer: Annotated[str | None, typer.Option("--optimizer", help="sgd, adam, adamw, adamax, adagrad, rmsprop, adadelta, asgd, muon (Muon on conv filters, Nesterov SGD on the rest)")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
-    weight_decay: Annotated[float | None, typer.Option("--weight-decay")] = None,
-    schedule: Annotated[str | None, typer.Option("--schedule", help="constant, step, cosine, cosine_restarts, plateau, cyclic, onecycle, linear")] = None,
-    label_smoothing: Annotated[float | None, typer.Option("--label-smoothing")] = None,
-    precision: Annotated[str | None, typer.Option("--precision", help="auto, fp32, bf16, fp16")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, mps")] = None,
-    compile_model: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads [default: all].")] = None,
-    patience: Annotated[int | None, typer.Option("--patience", help="Early stopping on val accuracy.")] = None,
-    on_nan: Annotated[str | None, typer.Option("--on-nan", help="stop (default) or skip the batch")] = None,
-    checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", help="Also checkpoint every N steps.")] = None,
-    max_train_seconds: Annotated[float | None, typer.Option("--max-train-seconds", help="Stop after this much training time.")] = None,
-    time_budget: Annotated[str | None, typer.Option("--time-budget", help="Seconds of training to plan the run for (epochs and schedule are compressed to fit); none lifts a recipe's budget.")] = None,
-    pflop: Annotated[float | None, typer.Option("--pflop", help="Training compute to plan the run for, in PFLOP (3 x forward FLOPs x images); with --time-budget the tighter wins.")] = None,
-    set_values: Annotated[list[str] | None, typer.Option("--set", help="Any config field, e.g. --set optim.muon_lr=0.3 --set train.tta=final (YAML value); repeatable, applied last.")] = None,
-    log: Annotated[list[str] | None, typer.Option("--log", help="Experiment tracker fed every epoch: tensorboard (needs budgetnet[tracking]); repeatable.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="One plain line per epoch.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print summary.json at the end.")] = False,
+    epochs: flag("--epochs", int, TRAINING, Sets("train.epochs")) = None,
+    batch_size: flag("--batch-size", int, TRAINING, Sets("train.batch_size")) = None,
+    seed: flag("--seed", int, TRAINING, Sets("train.seed")) = None,
+    label_smoothing: flag("--label-smoothing", float, TRAINING, Sets("train.label_smoothing")) = None,
+    precision: flag("--precision", str, TRAINING, Sets("train.precision"), "auto, fp32, bf16, fp16") = None,
+    device: flag("--device", str, TRAINING, Sets("train.device"), "auto, cpu, cuda, mps") = None,
+    compile_model: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model.",
+                                                       rich_help_panel=TRAINING), Sets("train.compile")] = None,
+    threads: flag("--threads", int, TRAINING, Sets("train.threads"), "CPU threads [default: all].") = None,
+    sync_bn: Annotated[bool | None, typer.Option("--sync-bn/--no-sync-bn", rich_help_panel=TRAINING,
+                                                 help="With several processes: batch-norm statistics over the whole "
+                                                      "batch (SyncBatchNorm, CUDA only)."), Sets("train.sync_bn")] = None,
+    patience: flag("--patience", int, TRAINING, Sets("train.early_stopping.patience",
+                                                        also={"train.early_stopping.monitor": "val_acc"}),
+                      "Early stopping on val accuracy.") = None,
+    on_nan: flag("--on-nan", str, TRAINING, Sets("train.on_nan"), "stop (default) or skip the batch") = None,
+    checkpoint_every: flag("--checkpoint-every", int, TRAINING, Sets("train.checkpoint_every_steps"),
+                              "Also checkpoint every N steps.") = None,
+    max_train_seconds: flag("--max-train-seconds", float, TRAINING, Sets("train.max_train_seconds"),
+                               "Stop after this much training time.") = None,
+    time_budget: flag("--time-budget", str, TRAINING, Sets("train.time_budget_s"),
+                         "Seconds of training to plan the run for (epochs and schedule are compressed to fit); "
+                         "none lifts a recipe's budget.") = None,
+    pflop: flag("--pflop", float, TRAINING, Sets("train.pflop_budget"),
+                   "Training compute to plan the run for, in PFLOP (3 x forward FLOPs x images); with "
+                   "--time-budget the tighter wins.") = None,
+    optimizer: flag("--optimizer", str, OPTIMIZER, Sets("optim.name"),
+                       "sgd, adam, adamw, adamax, adagrad, rmsprop, adadelta, asgd, muon (Muon on conv filters, "
+                       "Nesterov SGD on the rest)") = None,
+    lr: flag("--lr", float, OPTIMIZER, Sets("optim.lr"), "Peak learning rate.") = None,
+    weight_decay: flag("--weight-decay", float, OPTIMIZER, Sets("optim.weight_decay")) = None,
+    schedule: flag("--schedule", str, OPTIMIZER, Sets("schedule.name"),
+                      "constant, step, cosine, cosine_restarts, plateau, cyclic, onecycle, linear") = None,
+    log: Annotated[list[str] | None, typer.Option(
+        "--log", rich_help_panel=OUTPUT, help="Experiment tracker fed every epoch: tensorboard (needs "
+                                              "budgetnet[tracking]); repeatable."), Sets("train.log")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="One plain line per epoch.", rich_help_panel=OUTPUT)] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print summary.json at the end.",
+                                           rich_help_panel=OUTPUT)] = False,
 ) -> None:
     """Train a budgeted ResNet: the flagship recipe unless a config, recipe or model is named."""
     from budgetnet.config import build_config, read_yaml_mapping
     from budgetnet.train.engine import TrainingInterrupted
     from budgetnet.train.engine import train as run_training
 
+    if nproc is not None and nproc < 1:
+        raise BudgetnetError(f"--nproc {nproc} must be at least 1")
     if resume is not None:
         if config is not None or recipe is not None or config_overrides(ctx.params):
             raise BudgetnetError("--resume continues a run with its saved config; drop the other options")
@@ -138,11 +120,17 @@ def train(
         out = resume
     else:
         cfg = options_config(ctx.params)
+    if nproc is not None and nproc > 1:
+        options = [*(["--quiet"] if quiet else []), *(["--json"] if json_out else [])]
+        raise typer.Exit(train_in_processes(nproc, cfg, resume, out, options))
     try:
         result = run_training(cfg, out, resume=resume is not None, quiet=quiet)
     except TrainingInterrupted as exc:
-        typer.echo(f"budgetnet: {exc}", err=True)
+        if speaks_for_run():
+            typer.echo(f"budgetnet: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
+    if not speaks_for_run():
+        return
     s = result.summary
     if json_out:
         typer.echo(json.dumps({"run_dir": str(result.run_dir), **s}, default=str))
@@ -156,42 +144,15 @@ def train(
     )
 
 
-def config_overrides(p: dict[str, Any]) -> dict[str, Any]:
-    """The run-config overrides that the train command's options `p` (by parameter name, as
-    in its context) set; options not given are left out."""
-    overrides: dict[str, Any] = {}
-    data_over = data_overrides(p["data"], p["download"], p["resize"], p["input_size"], p["val_size"], p["split_seed"],
-                               p["subset"], p["no_cache"], p["labels"], p["download_cifar100"])
-    if data_over:
-        overrides["data"] = data_over
-    model_over = model_overrides(**{k: p[k] for k in (
-        "blocks", "channels", "strides", "stage_kinds", "block_kernels", "skip_kernel", "stem_width", "stem_kernel",
-        "pool", "block", "activation", "classes", "dropout", "input_size", "head_scale")})
-    if p["preset"] is not None:
-        model_over = {"preset": p["preset"], **model_over}
-    elif {"blocks", "channels"} <= model_over.keys():
-        model_over = {"preset": None, **model_over}  # a fresh spec, not an edit of the recipe's model
-    if model_over:
-        overrides["model"] = model_over
-    if p["name"] is not None:
-        overrides["name"] = p["name"]
-    overrides.update(limit_overrides(p["budget"], p["max_flops"], p["max_bytes"], p["int8_bytes"], p["max_latency_ms"],
-                                     p["latency_batch"]))
-    if p["allow_over_budget"]:
-        overrides["allow_over_budget"] = True
-    for key, option in (("epochs", "epochs"), ("batch_size", "batch_size"), ("seed", "seed"),
-                        ("label_smoothing", "label_smoothing"), ("precision", "precision"), ("device", "device"),
-                        ("compile", "compile_model"), ("threads", "threads"), ("on_nan", "on_nan"),
-                        ("checkpoint_every_steps", "checkpoint_every"), ("max_train_seconds", "max_train_seconds"),
-                        ("time_budget_s", "time_budget"), ("pflop_budget", "pflop")):
-        _set(overrides, "train", key, p[option])
-    _set(overrides, "train", "log", list(p["log"]) if p["log"] else None)  # not given: an empty tuple or None
-    if p["patience"] is not None:
-        _set(overrides, "train", "early_stopping", {"monitor": "val_acc", "patience": p["patience"]})
-    for key, option in (("name", "optimizer"), ("lr", "lr"), ("weight_decay", "weight_decay")):
-        _set(overrides, "optim", key, p[option])
-    _set(overrides, "schedule", "name", p["schedule"])
-    return _with_set_values(overrides, p.get("set_values") or [])
+def config_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """The run-config overrides that the train command's options `values` (by parameter name,
+    as in its context) set: each flag's `Sets` marker, then `--set`; options not given are
+    left out."""
+    overrides = flag_overrides(command_flags(train), values)
+    model = overrides.get("model", {})
+    if "preset" not in model and {"blocks", "channels"} <= model.keys():
+        overrides["model"] = {"preset": None, **model}  # a fresh spec, not an edit of the recipe's model
+    return _with_set_values(overrides, values.get("set_values") or [])
 
 
 def _with_set_values(overrides: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
@@ -223,7 +184,8 @@ def options_config(p: dict[str, Any]) -> RunConfig:
 
     cfg = load_config(p["config"], config_overrides(p), recipe=p["recipe"])
     if cfg.data.path is None and not cfg.data.download:
-        raise BudgetnetError("no data: pass --data PATH (or --download to fetch CIFAR-10)")
+        raise BudgetnetError("no data: pass --data PATH (or --download to fetch CIFAR-10, --download-cifar100 for "
+                             "CIFAR-100)")
     return cfg
 
 

@@ -49,6 +49,11 @@ class DeviceLoader:
     optionally augmented and channels_last. The shuffle and augmentation of epoch `e` depend
     only on (seed, e): `loader.epoch(e)` replays epoch e exactly, e.g. after a resume. Iterating
     the loader itself runs epochs 0, 1, 2, ... (`set_epoch` moves that counter).
+
+    `shard=(rank, ranks)` is for data-parallel training: every rank draws the same batches
+    (augmented whole, so each image gets what it would get in one process) and yields its
+    `rank`-th of `ranks` equal parts of each, so together the ranks train on this loader's
+    batches without it. The length stays the number of whole batches.
     """
 
     def __init__(
@@ -65,6 +70,7 @@ class DeviceLoader:
         augment: BatchAugment | None = None,
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if x.dtype != torch.uint8 or x.ndim != 4:
             raise ValueError(f"x must be uint8 NCHW, got {x.dtype} {tuple(x.shape)}")
@@ -74,7 +80,12 @@ class DeviceLoader:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating point type, got {dtype}")
+        rank, ranks = shard
+        if not 0 <= rank < ranks or batch_size % ranks or (ranks > 1 and not drop_last):
+            raise ValueError(f"shard {shard} must be (rank, ranks) splitting every batch of {batch_size} evenly "
+                             "(with drop_last)")
         self.x, self.y = x, y
+        self.part = slice(rank * batch_size // ranks, (rank + 1) * batch_size // ranks) if ranks > 1 else None
         self.batch_size = batch_size
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.augment = augment if augment is not None and augment.enabled else None
@@ -120,6 +131,8 @@ class DeviceLoader:
                 x, y = self.x.index_select(0, index), self.y.index_select(0, index)
             if self.augment:
                 x = self.augment(x, generator, epoch, index)
+            if self.part is not None:
+                x, y = x[self.part], y[self.part]
             yield self._normalize(x), y
 
     def _normalize(self, x: Tensor) -> Tensor:

@@ -231,8 +231,9 @@ def format_validation_error(exc: ValidationError, section: str | None = None) ->
     for err in exc.errors():
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
         where = ".".join(p for p in (section, path) if p) or "value"
-        if err["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{where}' (check the spelling; keys use underscores)")
+        if err["type"] in ("extra_forbidden", "unknown_setting"):  # the latter: train/tagged.py's, which says why
+            why = err["msg"] if err["type"] == "unknown_setting" else "check the spelling; keys use underscores"
+            parts.append(f"unknown key '{where}' ({why})")
             continue
         if err["type"] in ("value_error", "missing"):  # nothing to quote, or already quoted
             parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")

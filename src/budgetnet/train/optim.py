@@ -9,6 +9,8 @@ different learning rate. `no_decay_bn_bias` and `bn_bias_lr_scale` expose both.
 torch.optim.Muon orthogonalizes the momentum of every convolution filter bank, viewed as an
 (out, in*kh*kw) matrix, while Nesterov SGD trains the rest (BN shifts, biases, the head).
 Every parameter group carries `peak_lr`; the loop sets `lr = peak_lr * schedule factor`.
+Each optimizer's config holds only the settings it uses (`OptimConfig` is a union tagged by
+`name`, train/tagged.py).
 """
 
 from __future__ import annotations
@@ -19,32 +21,82 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-OptimizerName = Literal["sgd", "adam", "adamw", "adamax", "adagrad", "rmsprop", "adadelta", "asgd", "muon"]
+from budgetnet.train.tagged import kinds, tagged_union
 
 
-class OptimConfig(BaseModel):
-    """Optimizer section of a run config."""
-
+class _Optimizer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: OptimizerName = "sgd"
+    name: str
     lr: float = Field(0.1, gt=0, description="peak learning rate")
+    weight_decay: float = Field(5e-4, ge=0)
+    bn_bias_lr_scale: float = Field(1.0, gt=0, description="lr multiplier for BN and bias params")
+
+
+class _Grouped(_Optimizer):
+    """A torch optimizer over two groups: weights, and BN/bias parameters."""
+
+    no_decay_bn_bias: bool = False
+
+
+class SGDConfig(_Grouped):
+    name: Literal["sgd"] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0)
-    no_decay_bn_bias: bool = False
-    bn_bias_lr_scale: float = Field(1.0, gt=0, description="lr multiplier for BN and bias params")
+
+
+class AdamConfig(_Grouped):
+    name: Literal["adam", "adamw", "adamax"] = "adam"
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
+
+
+class AdagradConfig(_Grouped):
+    name: Literal["adagrad", "adadelta"] = "adagrad"
+    eps: float = Field(1e-8, gt=0)
+
+
+class RMSpropConfig(_Grouped):
+    name: Literal["rmsprop"] = "rmsprop"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+
+
+class ASGDConfig(_Grouped):
+    name: Literal["asgd"] = "asgd"
+
+
+class MuonConfig(_Optimizer):
+    """Muon on the convolution filters, Nesterov-able SGD (`lr`, `momentum`) on the rest."""
+
+    name: Literal["muon"] = "muon"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
     head_lr_scale: float = Field(1.0, gt=0, description="lr multiplier for the Linear head's weight")
     stem_bias_fraction: float = Field(
         1.0, gt=0, le=1, description="a whitening stem's bias trains over this fraction of the run, then stops"
     )
-    muon_lr: float = Field(0.24, gt=0, description="muon: peak lr of the convolution filters")
-    muon_momentum: float = Field(0.6, ge=0, lt=1, description="muon: momentum of the convolution filters")
+    muon_lr: float = Field(0.24, gt=0, description="peak lr of the convolution filters")
+    muon_momentum: float = Field(0.6, ge=0, lt=1, description="momentum of the convolution filters")
 
 
-def _param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
+# The section's fields when one model held every optimizer's settings, at first; Muon's four
+# came later.
+_ONE_MODEL_FIRST = frozenset({
+    "name", "lr", "momentum", "nesterov", "weight_decay", "no_decay_bn_bias", "bn_bias_lr_scale", "betas", "eps",
+})
+
+OptimConfig = tagged_union(
+    SGDConfig, AdamConfig, AdagradConfig, RMSpropConfig, ASGDConfig, MuonConfig,
+    noun="optimizer", default="sgd",
+    legacy=(_ONE_MODEL_FIRST, _ONE_MODEL_FIRST | {"head_lr_scale", "stem_bias_fraction", "muon_lr", "muon_momentum"}),
+)
+"""Optimizer section of a run config: one of the optimizers above, by `name`."""
+
+OPTIMIZER_NAMES = tuple(kinds(OptimConfig))
+
+
+def _param_groups(model: nn.Module, cfg: _Grouped) -> list[dict[str, Any]]:
     # 1-d tensors are BN scales/shifts and biases; everything >1-d is a conv or linear weight.
     weights = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     others = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
@@ -71,24 +123,19 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
 
 def _build(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer | MuonSGD:
-    name = cfg.name
-    if name == "muon":
+    if isinstance(cfg, MuonConfig):
         return MuonSGD(model, cfg)
     groups = _param_groups(model, cfg)
-    if name == "sgd":
+    if isinstance(cfg, SGDConfig):
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
-    if name == "adamax":
-        return torch.optim.Adamax(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
-    if name == "adagrad":
-        return torch.optim.Adagrad(groups, lr=cfg.lr, eps=cfg.eps)
-    if name == "rmsprop":
+    if isinstance(cfg, AdamConfig):
+        adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}[cfg.name]
+        return adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    if isinstance(cfg, AdagradConfig):
+        adagrad = {"adagrad": torch.optim.Adagrad, "adadelta": torch.optim.Adadelta}[cfg.name]
+        return adagrad(groups, lr=cfg.lr, eps=cfg.eps)
+    if isinstance(cfg, RMSpropConfig):
         return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, eps=cfg.eps)
-    if name == "adadelta":
-        return torch.optim.Adadelta(groups, lr=cfg.lr, eps=cfg.eps)
     return torch.optim.ASGD(groups, lr=cfg.lr)
 
 
@@ -149,7 +196,7 @@ class MuonSGD:
     airbench: `weight_decay` is what each SGD-trained parameter loses per step at the peak lr,
     whatever its group's lr; the filters get none (their norm is pinned)."""
 
-    def __init__(self, model: nn.Module, cfg: OptimConfig) -> None:
+    def __init__(self, model: nn.Module, cfg: MuonConfig) -> None:
         heads, stem_biases = _owner_params(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         filters = [p for p in trainable if p.ndim == 4]
