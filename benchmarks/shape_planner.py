@@ -73,6 +73,7 @@ def build_table(args: argparse.Namespace) -> None:
         "validated with TTA on the other 5,000 (stratified, split seed 0). Machine: " + machine()
     )
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         "# The default recipe's shapes and their measured validation accuracy (%) after full\n"
         "# schedules of `epochs` epochs: budgetnet/shape_planner.py reads it to pick a shape for a\n"

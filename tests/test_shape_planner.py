@@ -13,12 +13,13 @@ from conftest import make_synthetic, tiny_run_config, write_npz
 from hypothesis import given
 from hypothesis import strategies as st
 
-from budgetnet.config import load_config
+from budgetnet.config import load_config, recipe_mapping
 from budgetnet.errors import BudgetnetError
 from budgetnet.models import count_params
 from budgetnet.shape_planner import (
     MeasuredPoint,
     expected_accuracy,
+    list_shape_tables,
     load_shape_table,
     measure_step_seconds,
     plan_shape,
@@ -112,3 +113,13 @@ def test_bad_tables_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(BudgetnetError, match="increasing epochs"):
         load_shape_table(str(bad))
 
+
+
+def test_shipped_tables_fit_the_default_budget_and_the_flagship_names_one() -> None:
+    assert recipe_mapping("flagship")["train"]["shape_table"] in list_shape_tables()
+    base = load_config()
+    for name in list_shape_tables():
+        table = load_shape_table(name)
+        for shape in table.shapes:
+            spec = base.model.model_copy(update=shape.model)
+            assert count_params(spec) <= 5_000_000, shape.name

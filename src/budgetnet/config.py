@@ -241,7 +241,8 @@ def settings_kept(section: dict[str, Any], new_name: Any) -> dict[str, Any]:
     all of it."""
     for by_name in _TAGGED_SECTIONS:
         settings = {key for kind in by_name.values() for key in kind.model_fields}
-        if new_name in by_name and section.get("name", new_name) != new_name and set(section) <= settings:
+        renamed = isinstance(new_name, str) and section.get("name", new_name) != new_name
+        if renamed and new_name in by_name and set(section) <= settings:
             return {key: value for key, value in section.items() if key in by_name[new_name].model_fields}
     return dict(section)
 

@@ -112,25 +112,25 @@ class Checkpoint:
     def from_payload(cls, payload: dict[str, Any], path: Path) -> Checkpoint:
         """The checkpoint in a version-1 payload; BudgetnetError naming a missing part."""
 
-        def need(mapping: dict[str, Any], key: str) -> Any:
-            if key not in mapping:
+        def need(key: str) -> Any:
+            if key not in payload:
                 raise BudgetnetError(f"{path} lacks {key!r}, which every version-{FORMAT_VERSION} checkpoint holds; "
                                      "it was not written by budgetnet train")
-            return mapping[key]
+            return payload[key]
 
         resume = None
         if "progress" in payload:  # last.pt
             known = {f.name for f in dataclasses.fields(Progress)} - {"history"}
             recorded = {k: v for k, v in payload["progress"].items() if k in known}
             progress = Progress(**{"images_seen": None, "train_flop": None, **recorded},
-                                history=list(need(payload, "history")))
+                                history=list(need("history")))
             resume = Resume(
-                optimizer=need(payload, "optimizer"), scaler=need(payload, "scaler"), rng_cpu=need(payload, "rng_cpu"),
-                rng_cuda=list(need(payload, "rng_cuda")), progress=progress, plateau=payload.get("plateau"),
+                optimizer=need("optimizer"), scaler=need("scaler"), rng_cpu=need("rng_cpu"),
+                rng_cuda=list(need("rng_cuda")), progress=progress, plateau=payload.get("plateau"),
                 early_stopping=payload.get("early_stopping"), ema=payload.get("ema"),
             )
         return cls(
-            config=need(payload, "config"), model=need(payload, "model"), classes=payload.get("classes"),
+            config=need("config"), model=need("model"), classes=payload.get("classes"),
             mean=payload.get("mean"), std=payload.get("std"), epoch=payload.get("epoch"),
             val_acc=payload.get("val_acc"), resume=resume,
             budgetnet_version=str(payload.get("budgetnet_version", "unknown")),

@@ -80,14 +80,16 @@ class MuonConfig(_Optimizer):
     muon_momentum: float = Field(0.6, ge=0, lt=1, description="momentum of the convolution filters")
 
 
+# The section's fields when one model held every optimizer's settings, at first; Muon's four
+# came later.
+_ONE_MODEL_FIRST = frozenset({
+    "name", "lr", "momentum", "nesterov", "weight_decay", "no_decay_bn_bias", "bn_bias_lr_scale", "betas", "eps",
+})
+
 OptimConfig = tagged_union(
     SGDConfig, AdamConfig, AdagradConfig, RMSpropConfig, ASGDConfig, MuonConfig,
     noun="optimizer", default="sgd",
-    # The section's fields when one model held every optimizer's settings.
-    legacy_fields=frozenset({
-        "name", "lr", "momentum", "nesterov", "weight_decay", "no_decay_bn_bias", "bn_bias_lr_scale", "betas", "eps",
-        "head_lr_scale", "stem_bias_fraction", "muon_lr", "muon_momentum",
-    }),
+    legacy=(_ONE_MODEL_FIRST, _ONE_MODEL_FIRST | {"head_lr_scale", "stem_bias_fraction", "muon_lr", "muon_momentum"}),
 )
 """Optimizer section of a run config: one of the optimizers above, by `name`."""
 

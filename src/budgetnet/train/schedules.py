@@ -82,15 +82,17 @@ class LinearSchedule(_Floor, _WarmUp):
     name: Literal["linear"] = "linear"
 
 
+# The section's fields when one model held every schedule's settings (they never changed).
+_ONE_MODEL_FIELDS = frozenset({
+    "name", "warmup_epochs", "warmup_start_factor", "min_lr_factor", "step_epochs", "gamma", "restart_epochs",
+    "restart_mult", "plateau_patience", "plateau_mode", "cyclic_epochs_up", "pct_start",
+})
+
 ScheduleConfig = tagged_union(
     ConstantSchedule, StepSchedule, CosineSchedule, CosineRestartsSchedule, PlateauSchedule, CyclicSchedule,
     OneCycleSchedule, LinearSchedule,
     noun="schedule", default="cosine",
-    # The section's fields when one model held every schedule's settings.
-    legacy_fields=frozenset({
-        "name", "warmup_epochs", "warmup_start_factor", "min_lr_factor", "step_epochs", "gamma", "restart_epochs",
-        "restart_mult", "plateau_patience", "plateau_mode", "cyclic_epochs_up", "pct_start",
-    }),
+    legacy=(_ONE_MODEL_FIELDS, _ONE_MODEL_FIELDS),
 )
 """Learning-rate schedule section of a run config: one of the schedules above, by `name`."""
 

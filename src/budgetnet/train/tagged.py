@@ -24,25 +24,28 @@ def kinds(union: Any) -> dict[str, type[BaseModel]]:
     return {name: member for member in members for name in typing.get_args(member.model_fields["name"].annotation)}
 
 
-def tagged_union(*members: type[BaseModel], noun: str, default: str, legacy_fields: frozenset[str]) -> Any:
+def tagged_union(*members: type[BaseModel], noun: str, default: str,
+                 legacy: tuple[frozenset[str], frozenset[str]]) -> Any:
     """The type of a section that is one of `members` by its `name`; `noun` names the
-    section in errors ("the cosine schedule"). `legacy_fields`: every field of the section as
-    one model held them before the kinds were split; a mapping with exactly those keys is such
-    a model's dump (run directories, checkpoints), and the settings its kind does not take,
-    which never had an effect, are dropped rather than refused."""
+    section in errors ("the cosine schedule"). `legacy`: the fields of the section when one
+    model held every kind's settings, in its first version and in its last (fields were only
+    added). A mapping with all the first's keys and none beyond the last's is such a model's
+    dump (a run directory's config.yaml, a checkpoint, a search's best.yaml): the settings its
+    kind does not take, which never had an effect, are dropped rather than refused."""
     union = Annotated[Union[members], Field(discriminator="name")]  # noqa: UP007 - a tuple of types
     by_name = kinds(union)
 
     def validate(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         if not isinstance(value, Mapping):
             return handler(value)  # a model instance, or a type error pydantic words
-        fields = {"name": default, **value}
-        kind = by_name.get(fields["name"])
+        fields = {"name": default} | dict(value)
+        kind = by_name.get(fields["name"]) if isinstance(fields["name"], str) else None
         if kind is None:
             expected = ", ".join(repr(name) for name in by_name)
             raise _error(("name", "literal_error", fields["name"], {"expected": expected}))
         settings = kind.model_fields
-        if set(fields) == legacy_fields:
+        first, last = legacy
+        if first <= set(fields) <= last:
             fields = {key: v for key, v in fields.items() if key in settings}
         foreign = [key for key in fields if key not in settings]
         if foreign:
