@@ -165,6 +165,15 @@ def rewrite_checkpoint(path: Path, edit: Callable[[dict[str, Any]], dict[str, An
     path.write_bytes(f"BUDGETNET-CKPT v1 sha256={hashlib.sha256(data).hexdigest()} len={len(data)}\n".encode() + data)
 
 
+@pytest.fixture(scope="module")
+def search_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 16x16 images of 3 classes in an .npz: the searches' dataset (a trial trains in about a second)."""
+    synthetic = make_synthetic({"train": 100}, size=16)
+    path = tmp_path_factory.mktemp("search-data") / "tiny.npz"
+    np.savez(path, x=synthetic.x["train"], y=synthetic.y["train"], classes=np.array(synthetic.classes))
+    return path
+
+
 def write_noisy_npz(path: Path, n: int, seed: int) -> Path:
     """`n` 16x16 images of 3 classes (a, b, c) whose brightness differs by only 10/255 under
     0-80 of noise: learnable, but not in a step, so training curves have something to show."""

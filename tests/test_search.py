@@ -1,4 +1,4 @@
-"""`budgetnet search`: space files, over-budget rejection, pruning, resuming, shared studies.
+"""`budgetnet search`: space files, over-budget rejection, pruning, resuming (workers sharing a study: test_search_workers.py).
 
 Every search here trains a ~5k-parameter ResNet on 300 synthetic 16x16 images for 1-2 epochs,
 so a trial costs about a second; the whole module stays well under a minute of CPU.
@@ -7,18 +7,13 @@ so a trial costs about a second; the whole module stays well under a minute of C
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import pytest
 import yaml
-from conftest import make_synthetic
 
 import budgetnet.search as search_mod
 from budgetnet.cli import main
@@ -26,11 +21,10 @@ from budgetnet.config import load_config
 from budgetnet.errors import BudgetnetError
 from budgetnet.models import count_params
 from budgetnet.search import ParamSpec, SearchSpace, load_space, run_search
+from budgetnet.search_workers import StudyStore
 from budgetnet.train.engine import TrainingInterrupted
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "search"
-_SCRIPT = Path(sys.executable).with_name("budgetnet")
-CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "budgetnet"]
 
 TINY = {
     "model": {"blocks": [1, 1], "channels": [8, 16], "input_size": 16, "classes": 3},
@@ -42,14 +36,6 @@ TINY = {
 }
 # [8, 16] is 5,147 parameters, [8, 24] 8,739 and [64, 128] 306,371: over the 20k budget.
 SHAPES = {"small": {"channels": [8, 16]}, "wide": {"channels": [8, 24]}, "huge": {"channels": [64, 128]}}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    synthetic = make_synthetic({"train": 100}, size=16)
-    path = tmp_path_factory.mktemp("search-data") / "tiny.npz"
-    np.savez(path, x=synthetic.x["train"], y=synthetic.y["train"], classes=np.array(synthetic.classes))
-    return path
 
 
 def write_space(path: Path, **fields: Any) -> Path:
@@ -64,7 +50,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 
 def study_trials(out: Path, name: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}").get_trials()
+    return optuna.load_study(study_name=name, storage=StudyStore(out).storage()).get_trials()
 
 
 class TrainSpy:
@@ -83,14 +69,14 @@ class TrainSpy:
 # ---- a whole search through the CLI --------------------------------------------------------
 
 
-def test_search_cli_rejects_over_budget_resumes_and_reports(tmp_path, data, capsys, monkeypatch) -> None:
+def test_search_cli_rejects_over_budget_resumes_and_reports(tmp_path, search_data, capsys, monkeypatch) -> None:
     spy = TrainSpy(monkeypatch)
     space = write_space(tmp_path / "tiny.yaml", sampler="grid", params={
         "model": {"merge": True, "choices": SHAPES},
         "optim.lr": {"choices": [0.05, 0.1]},
     })
     out = tmp_path / "search"
-    args = ["search", "--space", str(space), "--data", str(data), "--out", str(out), "--seed", "0", "--pruner", "none"]
+    args = ["search", "--space", str(space), "--data", str(search_data), "--out", str(out), "--seed", "0", "--pruner", "none"]
 
     code, stdout, err = run_cli(capsys, *args, "--trials", "3")
     assert code == 0, err
@@ -113,7 +99,7 @@ def test_search_cli_rejects_over_budget_resumes_and_reports(tmp_path, data, caps
     assert sorted(p.name for p in (out / "trials").iterdir()) == sorted(
         str(t.number) for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
 
-    for name in ("trials.csv", "pareto.png", "importance.png", "best.yaml", "summary.json", "study.db"):
+    for name in ("trials.csv", "pareto.png", "importance.png", "best.yaml", "summary.json", "study.journal"):
         assert (out / name).is_file(), name
     rows = (out / "trials.csv").read_text().splitlines()
     assert rows[0].startswith("rank,trial,state,val_acc,params,flops,epochs,train_seconds")
@@ -130,9 +116,9 @@ def test_search_cli_rejects_over_budget_resumes_and_reports(tmp_path, data, caps
     assert code == 0, err
 
 
-def test_table_printed_without_json(tmp_path, data, capsys) -> None:
+def test_table_printed_without_json(tmp_path, search_data, capsys) -> None:
     space = write_space(tmp_path / "one.yaml", params={"optim.lr": {"choices": [0.1]}}, epochs=1)
-    code, out, err = run_cli(capsys, "search", "--space", str(space), "--data", str(data), "--out",
+    code, out, err = run_cli(capsys, "search", "--space", str(space), "--data", str(search_data), "--out",
                              str(tmp_path / "s"), "--trials", "1", "--pruner", "none")
     assert code == 0, err
     assert "rank" in out and "val acc" in out and "lr=0.1" in out and "budgetnet train --config" in out
@@ -140,17 +126,17 @@ def test_table_printed_without_json(tmp_path, data, capsys) -> None:
     assert "no parameter importance" in out and not (tmp_path / "s" / "importance.png").exists()
 
 
-# ---- pruning, interruption, workers --------------------------------------------------------
+# ---- pruning, interruption --------------------------------------------------------------
 
 
-def test_weak_trial_is_pruned_after_its_first_epoch(tmp_path, data) -> None:
+def test_weak_trial_is_pruned_after_its_first_epoch(tmp_path, search_data) -> None:
     """Successive halving keeps a third of the trials at each rung (1, 3, ... epochs): a trial
     far below the first rung's best stops there. The study first gets a good trial, then a
     space whose base learning rate is too small to learn anything in an epoch."""
     params = {"train.label_smoothing": {"choices": [0.0]}}
     good = SearchSpace.model_validate({"base": TINY, "budget": "20k", "params": params})
     awful = SearchSpace.model_validate({"base": {**TINY, "optim": {"lr": 1e-7}}, "budget": "20k", "params": params})
-    kwargs = dict(out=tmp_path / "s", pruner="halving", data_overrides={"path": str(data)})
+    kwargs = dict(out=tmp_path / "s", pruner="halving", data_overrides={"path": str(search_data)})
     run_search(good, trials=1, **kwargs)
     result = run_search(awful, trials=2, **kwargs)
     weak = next(r for r in result.rows if r["trial"] == 1)
@@ -159,9 +145,9 @@ def test_weak_trial_is_pruned_after_its_first_epoch(tmp_path, data) -> None:
     assert not (tmp_path / "s" / "trials" / "1" / "last.pt").exists()  # finished trials drop resume checkpoints
 
 
-def test_interrupted_trial_resumes_from_its_checkpoint(tmp_path, data, monkeypatch) -> None:
+def test_interrupted_trial_resumes_from_its_checkpoint(tmp_path, search_data, monkeypatch) -> None:
     space = SearchSpace.model_validate({"base": TINY, "budget": "20k", "params": {"optim.lr": {"low": 0.05, "high": 0.2}}})
-    kwargs = dict(out=tmp_path / "s", pruner="none", data_overrides={"path": str(data)})
+    kwargs = dict(out=tmp_path / "s", pruner="none", data_overrides={"path": str(search_data)})
     real_train = search_mod.train
 
     def interrupted(cfg: Any, out: Path, **kw: Any) -> Any:
@@ -182,26 +168,6 @@ def test_interrupted_trial_resumes_from_its_checkpoint(tmp_path, data, monkeypat
     assert [(d.name, resume) for _, d, resume in spy.calls] == [("0", True)]
     assert retry.intermediate_values.keys() == {1, 2}  # epoch 1 replayed from metrics.csv, epoch 2 trained
     assert result.best["run_dir"] == "trials/0" and result.counts["failed"] == 1
-
-
-def test_two_workers_share_one_sqlite_study(tmp_path, data) -> None:
-    space = write_space(tmp_path / "shared.yaml", sampler="random", epochs=1,
-                        params={"optim.lr": {"low": 0.02, "high": 0.3, "log": True}})
-    out = tmp_path / "search"
-    args = [*CLI, "search", "--space", str(space), "--data", str(data), "--out", str(out), "--trials", "4", "--pruner", "none"]
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
-    results = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [err for _, err in results]
-
-    trials = study_trials(out, "shared")
-    finished = [t for t in trials if t.state.is_finished()]
-    # Each worker stops once the study holds 4 finished trials; one busy then finishes its own.
-    assert 4 <= len(finished) <= 5 and all(t.state.name == "COMPLETE" for t in finished)
-    ran = [{int(line.split(":")[0].split()[1]) for line in err.splitlines() if line.startswith("trial ")}
-           for _, err in results]
-    assert not ran[0] & ran[1] and ran[0] | ran[1] == {t.number for t in finished}
-    assert all((out / "trials" / str(t.number) / "best.pt").is_file() for t in finished)
 
 
 # ---- space files ---------------------------------------------------------------------------
@@ -230,10 +196,10 @@ def test_two_workers_share_one_sqlite_study(tmp_path, data) -> None:
         ("enqueue: [{optim.lr: 2.0}]\nparams: {optim.lr: {low: 0.01, high: 1.0}}\n", "outside its range"),
     ],
 )
-def test_bad_space_file_is_one_line_exit_2(tmp_path, data, capsys, content: str, message: str) -> None:
+def test_bad_space_file_is_one_line_exit_2(tmp_path, search_data, capsys, content: str, message: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(content)
-    code, _, err = run_cli(capsys, "search", "--space", str(path), "--data", str(data), "--out", str(tmp_path / "s"),
+    code, _, err = run_cli(capsys, "search", "--space", str(path), "--data", str(search_data), "--out", str(tmp_path / "s"),
                            "--trials", "1")
     assert code == 2
     assert err.startswith("budgetnet: error:") and err.count("\n") == 1 and message in err, err
@@ -245,14 +211,14 @@ def test_bad_space_file_is_one_line_exit_2(tmp_path, data, capsys, content: str,
     [(["--sampler", "cmaes"], "unknown sampler"), (["--pruner", "median"], "unknown pruner"),
      (["--val-size", "0"], "--val-size must be above 0"), (["--budget", "lots"], "not a parameter count")],
 )
-def test_bad_flags_are_one_line_exit_2(tmp_path, data, capsys, flags: list[str], message: str) -> None:
+def test_bad_flags_are_one_line_exit_2(tmp_path, search_data, capsys, flags: list[str], message: str) -> None:
     space = write_space(tmp_path / "ok.yaml", params={"optim.lr": {"choices": [0.1]}})
-    code, _, err = run_cli(capsys, "search", "--space", str(space), "--data", str(data), "--trials", "1",
+    code, _, err = run_cli(capsys, "search", "--space", str(space), "--data", str(search_data), "--trials", "1",
                            "--out", str(tmp_path / "s"), *flags)
     assert code == 2 and err.count("\n") == 1 and message in err, err
 
 
-def test_enqueued_baseline_runs_first_and_only_once(tmp_path, data) -> None:
+def test_enqueued_baseline_runs_first_and_only_once(tmp_path, search_data) -> None:
     """A space's `enqueue` entries are a new study's first trials (a labelled choice by label);
     continuing the study does not queue them again."""
     space = SearchSpace.model_validate({
@@ -260,7 +226,7 @@ def test_enqueued_baseline_runs_first_and_only_once(tmp_path, data) -> None:
         "params": {"model": {"merge": True, "choices": SHAPES}, "optim.lr": {"low": 0.01, "high": 0.3, "log": True}},
         "enqueue": [{"model": "wide", "optim.lr": 0.123}],
     })
-    kwargs = dict(out=tmp_path / "s", pruner="none", data_overrides={"path": str(data)}, study_name="q")
+    kwargs = dict(out=tmp_path / "s", pruner="none", data_overrides={"path": str(search_data)}, study_name="q")
     run_search(space, trials=1, **kwargs)
     run_search(space, trials=3, **kwargs)
     trials = study_trials(tmp_path / "s", "q")
@@ -268,9 +234,9 @@ def test_enqueued_baseline_runs_first_and_only_once(tmp_path, data) -> None:
     assert len(trials) == 3 and not any(t.user_attrs.get("enqueued") for t in trials[1:])
 
 
-def test_a_study_keeps_its_budget(tmp_path, data, capsys) -> None:
+def test_a_study_keeps_its_budget(tmp_path, search_data, capsys) -> None:
     space = write_space(tmp_path / "b.yaml", params={"optim.lr": {"choices": [0.1]}}, epochs=1)
-    args = ["search", "--space", str(space), "--data", str(data), "--out", str(tmp_path / "s"), "--trials", "1"]
+    args = ["search", "--space", str(space), "--data", str(search_data), "--out", str(tmp_path / "s"), "--trials", "1"]
     assert run_cli(capsys, *args)[0] == 0
     code, _, err = run_cli(capsys, *args, "--budget", "30k")
     assert code == 2 and "budget of 20,000, not 30,000" in err
@@ -356,3 +322,15 @@ def test_shipped_spaces_resolve(path: Path) -> None:
 def test_load_space_errors_name_the_file(tmp_path) -> None:
     with pytest.raises(BudgetnetError, match="space file .* does not exist"):
         load_space(tmp_path / "missing.yaml")
+
+
+def test_a_search_kept_in_sqlite_continues_there(tmp_path, search_data) -> None:
+    """A search directory whose study is in study.db (as searches kept it before the journal)
+    goes on in it."""
+    space = SearchSpace.model_validate({"base": TINY, "budget": "20k", "params": {"optim.lr": {"low": 0.05, "high": 0.2}}})
+    out = tmp_path / "s"
+    kwargs = dict(out=out, pruner="none", data_overrides={"path": str(search_data)})
+    run_search(space, trials=1, storage=f"sqlite:///{out / 'study.db'}", **kwargs)
+    result = run_search(space, trials=2, **kwargs)
+    assert result.storage == f"sqlite:///{out / 'study.db'}" and result.counts["complete"] == 2
+    assert not (out / "study.journal").exists()

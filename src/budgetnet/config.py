@@ -38,6 +38,12 @@ class ResizeStage(BaseModel):
     size: int = Field(ge=4, le=4096)
 
 
+def require_increasing(values: list[float], rule: str) -> None:
+    """A validator's check: `values` strictly increase, or a ValueError stating `rule`."""
+    if values != sorted(set(values)):
+        raise ValueError(f"{rule}, got {values}")
+
+
 class TrainConfig(BaseModel):
     """Training-loop section of a run config."""
 
@@ -102,9 +108,7 @@ class TrainConfig(BaseModel):
     @field_validator("progressive")
     @classmethod
     def _stages_in_order(cls, value: list[ResizeStage]) -> list[ResizeStage]:
-        untils = [stage.until for stage in value]
-        if untils != sorted(set(untils)):
-            raise ValueError(f"progressive stages must have increasing `until` fractions, got {untils}")
+        require_increasing([stage.until for stage in value], "progressive stages must have increasing `until` fractions")
         return value
 
     @field_validator("time_budget_s", mode="before")

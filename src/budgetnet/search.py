@@ -7,9 +7,12 @@ meta device) and rejects it untrained when it is over the budget. Otherwise it t
 ``<out>/trials/<number>/`` (a normal run directory) and reports validation accuracy after
 every epoch, so a Hyperband or successive-halving pruner can stop weak candidates early.
 
-The study lives in a database, by default ``sqlite:///<out>/study.db``. ``trials`` counts the
-finished trials already there, so running a search again continues it, and any number of
-workers given the same SQLAlchemy URL (e.g. PostgreSQL) share one study.
+The study lives in Optuna's journal file ``<out>/study.journal``, or in a PostgreSQL database
+for workers on several machines (`search_workers` holds what sharing a study takes). ``trials``
+counts the finished trials already there, so running a search again continues it; ``workers``
+runs that many worker processes on this machine, and any number of machines given the same
+database URL and study name share one study. The report (trials.csv, best.yaml, ...) is
+written once, by the worker that ends the study's last trial.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, redirect_stderr
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NoReturn, get_args
 
@@ -43,8 +47,8 @@ from budgetnet.config import (
     read_yaml_mapping,
     settings_kept,
 )
-from budgetnet.errors import BudgetnetError
-from budgetnet.files import DirLock, atomic_write_bytes, write_csv, write_json, write_png
+from budgetnet.errors import BudgetnetError, warn
+from budgetnet.files import atomic_write_bytes, write_csv, write_json, write_png
 from budgetnet.models import (
     Budget,
     ResNetSpec,
@@ -56,6 +60,19 @@ from budgetnet.models import (
 )
 from budgetnet.models.spec import BOTTLENECK_EXPANSION, validate_spec
 from budgetnet.plots import pyplot
+from budgetnet.search_workers import (
+    FINISHED,
+    HEARTBEAT_SECONDS,
+    JOURNAL,
+    WORKER_ATTR,
+    StudyStore,
+    leaving,
+    retried_trial,
+    retry,
+    run_processes,
+    running_trial,
+    work,
+)
 from budgetnet.train.callbacks import read_metrics
 from budgetnet.train.engine import BEST, LAST, PREVIOUS, TrainingInterrupted, train
 from budgetnet.train.tracking import check_trackers
@@ -68,12 +85,8 @@ PRUNERS: tuple[str, ...] = get_args(PrunerName)
 # Not a run-config field: scales every layer's width of the resolved model by the sampled value.
 WIDTH_KEY = "width_multiplier"
 MODEL_KEYS = frozenset(ResNetSpec.model_fields) | {"preset"}
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Importance from fewer complete trials ranks parameters by noise.
 MIN_IMPORTANCE_TRIALS = 4
-# A worker killed outright (SIGKILL, power loss) leaves its trial RUNNING; once its heartbeat
-# is this stale the trial is failed and its parameters requeued.
-HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 120
 _PRIMITIVES = (str, int, float, bool, type(None))
 _SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -373,12 +386,13 @@ def load_space(path: Path | str) -> SearchSpace:
 
 @dataclass
 class SearchResult:
-    """What a search left in `out`: the ranked trials (as in trials.csv), the best trial,
-    parameter importances (or why there are none) and the files written."""
+    """A search's study: the ranked trials (as in trials.csv), the best trial, parameter
+    importances (or why there are none) and the report files written into `out` (none when
+    another worker writes them)."""
 
     out: Path
     study: str
-    storage: str  # the URL with any password hidden
+    storage: str  # the journal file, or the database URL without its password
     rows: list[dict[str, Any]]
     best: dict[str, Any] | None
     importance: dict[str, float] | None
@@ -415,17 +429,24 @@ def run_search(
     log: Sequence[str] | None = None,
     timeout: float | None = None,
     seed: int | None = None,
+    workers: int = 1,
+    heartbeat: int = HEARTBEAT_SECONDS,
     quiet: bool = True,
     verbose: bool = False,
 ) -> SearchResult:
-    """Run (or continue) the study until it holds `trials` finished trials, then write
-    trials.csv, pareto.png, importance.png, best.yaml and summary.json into `out`.
+    """Run (or continue) the study until it holds `trials` finished trials, then, if this is
+    the last worker to leave it, write trials.csv, pareto.png, importance.png, best.yaml and
+    summary.json into `out` (`files` of the result; empty while trials still run elsewhere:
+    the last worker writes them, and `report_search` any time).
 
     `trials`, `sampler`, `pruner`, `epochs` and `seed` default to the space file's; `budget`,
     `epochs`, `data_overrides` and `log` (experiment trackers of every trial, e.g.
     ["tensorboard"]) override its base config. `timeout` (seconds) stops starting
-    new trials. `quiet=False` prints a line per finished trial on stderr; `verbose` adds
-    Optuna's log and each trial's epoch lines.
+    new trials. `workers` runs that many worker processes here, each with its share of this
+    process's threads (worker i samples with `seed` + i). `storage`, a PostgreSQL URL, shares
+    the study with workers on other machines; one silent for 4 x `heartbeat` seconds is taken
+    for dead, and its trial is run again. `quiet=False` prints a line per finished trial on
+    stderr; `verbose` adds Optuna's log and each trial's epoch lines.
     """
     sampler = sampler or space.sampler
     pruner = pruner or space.pruner
@@ -433,6 +454,8 @@ def run_search(
         raise BudgetnetError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
     if pruner not in PRUNERS:
         raise BudgetnetError(f"unknown pruner {pruner!r}; choose one of: {', '.join(PRUNERS)}")
+    if workers < 1 or heartbeat < 1:
+        raise BudgetnetError("--workers and --heartbeat must be at least 1")
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     overrides: dict[str, Any] = {}
     if data_overrides:
@@ -454,25 +477,45 @@ def run_search(
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    url = storage or f"sqlite:///{out / 'study.db'}"
-    # Searched epochs vary per trial, so Hyperband then learns its top rung from the trials.
-    max_epochs: int | str = "auto" if "train.epochs" in space.params else base_cfg.train.epochs
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat
-        study = _open_study(
-            url, study_name, out, _make_sampler(sampler, grid, seed if seed is not None else space.seed, total),
-            _make_pruner(pruner, max_epochs), base_cfg.budget, space.enqueue,
-        )
-        remaining = total - len(study.get_trials(deepcopy=False, states=FINISHED))
-        if remaining > 0:
-            callbacks = [optuna.study.MaxTrialsCallback(total, states=FINISHED)]  # other workers' trials count too
-            if not quiet:
-                callbacks.append(_print_trial)
-            study.optimize(
-                _Objective(space, base, out, verbose), n_trials=remaining, timeout=timeout,
-                callbacks=callbacks, gc_after_trial=True,
-            )
-    return write_report(study, out, url)
+    store = StudyStore.resolve(out, storage, heartbeat)
+    worker = _Worker(
+        space, base, store, study_name, sampler, grid, seed if seed is not None else space.seed, total, pruner,
+        # Searched epochs vary per trial, so Hyperband then learns its top rung from the trials.
+        "auto" if "train.epochs" in space.params else base_cfg.train.epochs,
+        base_cfg.budget, timeout, quiet, verbose,
+    )
+    study = worker.open_study()
+    if workers == 1:
+        worker.run(study)
+    else:
+        threads = max(1, torch.get_num_threads() // workers)
+        jobs = [replace(worker, seed=None if worker.seed is None else worker.seed + i, threads=threads)
+                for i in range(workers)]
+        _check_workers(run_processes(_run_worker, jobs), study, total, out)
+    with leaving(study, store) as last:
+        return write_report(study, store) if last else study_result(study, store)
+
+
+def report_search(out: Path | str, url: str | None = None, study_name: str | None = None) -> SearchResult:
+    """Write the report of a search's study into `out` now, whichever worker ran its trials:
+    the study in `out`'s journal, or in the database at `url` (then `out` may be any
+    directory). The study name may be left out when the storage holds one study."""
+    out = Path(out).resolve()
+    store = StudyStore.resolve(out, url)
+    if store.url is None and not (out / JOURNAL).is_file():
+        raise BudgetnetError(f"{out} holds no search; pass the search's --out, or --storage with its database URL")
+    try:
+        storage = store.storage()
+        names = optuna.get_all_study_names(storage)
+    except (ImportError, ValueError, OSError, sqlalchemy.exc.SQLAlchemyError) as exc:
+        raise BudgetnetError(f"cannot read {store.label}: {exc}") from None
+    if study_name is None and len(names) != 1:
+        raise BudgetnetError(f"{store.label} holds {len(names)} studies ({', '.join(names)}); name one with --study")
+    name = study_name or names[0]
+    if name not in names:
+        raise BudgetnetError(f"{store.label} holds no study {name!r}; it holds: {', '.join(names) or 'none'}")
+    out.mkdir(parents=True, exist_ok=True)
+    return write_report(optuna.load_study(study_name=name, storage=storage), store)
 
 
 def _check_data(cfg: RunConfig) -> None:
@@ -491,8 +534,9 @@ def _make_sampler(name: str, grid: dict[str, list[Any]] | None, seed: int | None
         return optuna.samplers.GridSampler(grid, seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    # Optuna's 10 random start-up trials would be most of a short search.
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, total // 4)))
+    # Optuna's 10 random start-up trials would be most of a short search. The constant liar
+    # keeps workers sampling at once from all picking the same promising region.
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(3, min(10, total // 4)), constant_liar=True)
 
 
 def _make_pruner(name: str, max_epochs: int | str) -> optuna.pruners.BasePruner:
@@ -504,37 +548,80 @@ def _make_pruner(name: str, max_epochs: int | str) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def _hide_password(url: str) -> str:
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return url
+@dataclass(frozen=True)
+class _Worker:
+    """What a worker needs to open the study and run trials; sent to worker processes."""
+
+    space: SearchSpace
+    base: dict[str, Any]
+    store: StudyStore
+    study_name: str
+    sampler: str
+    grid: dict[str, list[Any]] | None
+    seed: int | None
+    total: int
+    pruner: str
+    max_epochs: int | str
+    budget: int
+    timeout: float | None
+    quiet: bool
+    verbose: bool
+    threads: int | None = None  # torch threads of a worker process (None: as this process)
+
+    def open_study(self) -> optuna.Study:
+        return _open_study(
+            self.store, self.study_name, _make_sampler(self.sampler, self.grid, self.seed, self.total),
+            _make_pruner(self.pruner, self.max_epochs), self.budget, self.space.enqueue,
+        )
+
+    def run(self, study: optuna.Study) -> None:
+        work(study, self.store, _Objective(self.space, self.base, self.store.out, self.verbose), total=self.total,
+             timeout=self.timeout, callbacks=None if self.quiet else [_print_trial])
+
+
+def _run_worker(worker: _Worker) -> None:
+    """A worker process: its share of the threads, then trials until the study is done."""
+    if worker.threads is not None:
+        torch.set_num_threads(worker.threads)
+    optuna.logging.set_verbosity(optuna.logging.INFO if worker.verbose else optuna.logging.WARNING)
+    worker.run(worker.open_study())
+
+
+def _check_workers(codes: list[int], study: optuna.Study, total: int, out: Path) -> None:
+    """The workers' ends as the search's: interrupted (a Ctrl-C reaches every worker), failed,
+    or some killed while the others ran their trials again and ended the study."""
+    ended = [code for code in codes if code != 0]
+    if not ended:
+        return
+    interrupted = [code - 128 for code in ended if code - 128 in (signal.SIGINT, signal.SIGTERM)]
+    if interrupted:
+        raise TrainingInterrupted(interrupted[0], out)
+    how = ", ".join(f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}" for code in ended)
+    if len(study.get_trials(deepcopy=False, states=FINISHED)) < total:
+        raise BudgetnetError(f"{len(ended)} of {len(codes)} search workers failed ({how}); "
+                             "run the same command again to continue the study")
+    warn(f"{len(ended)} of {len(codes)} search workers ended early ({how}); the others ran their trials again")
 
 
 def _open_study(
-    url: str, name: str, out: Path, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
+    store: StudyStore, name: str, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
     budget: int, enqueue: list[dict[str, Any]],
 ) -> optuna.Study:
-    # SQLite's default 5 s busy timeout is too short for several workers writing at once.
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    leftovers = (out / "trials").is_dir() and any((out / "trials").iterdir())  # before counting: see below
+    trials_dir = store.out / "trials"
+    leftovers = trials_dir.is_dir() and any(trials_dir.iterdir())  # before counting: see below
     try:
-        # Workers starting together on one machine must not both create the SQLite schema or the study.
-        with DirLock(out, name=".study.lock", wait=True):
-            storage = optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                heartbeat_stale_trial_callback=lambda study, trial: _requeue(study, trial.number, trial.params),
-            )
+        # Workers starting together must not both create the study and queue its first trials.
+        with store.lock(name):
             study = optuna.create_study(
-                storage=storage, study_name=name, sampler=sampler, pruner=pruner, direction="maximize",
+                storage=store.storage(), study_name=name, sampler=sampler, pruner=pruner, direction="maximize",
                 load_if_exists=True,
             )
             if "budget" not in study.user_attrs:  # a new study
                 study.set_user_attr("budget", budget)
                 for params in enqueue:
                     study.enqueue_trial(params, user_attrs={"enqueued": True})
-    except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError) as exc:
-        raise BudgetnetError(f"cannot open study {name!r} in {_hide_password(url)}: {exc}") from None
+    except (ImportError, ValueError, OSError, sqlalchemy.exc.SQLAlchemyError) as exc:
+        raise BudgetnetError(f"cannot open study {name!r} in {store.label}: {exc}") from None
     if study.user_attrs["budget"] != budget:
         raise BudgetnetError(
             f"study {name!r} searches under a budget of {study.user_attrs['budget']:,}, not {budget:,}; "
@@ -544,14 +631,9 @@ def _open_study(
     # the study mean another study's leftovers, whose numbers would clash with this one's.
     if leftovers and not study.get_trials(deepcopy=False):
         raise BudgetnetError(
-            f"{out / 'trials'} holds trials of another study; use a new --out, or the study's own --storage/--study"
+            f"{trials_dir} holds trials of another study; use a new --out, or the study's own --storage/--study"
         )
     return study
-
-
-def _requeue(study: optuna.Study, number: int, params: dict[str, Any]) -> None:
-    """Queue an interrupted trial's parameters again; the retry resumes its run directory."""
-    study.enqueue_trial(params, user_attrs={"resume_of": number})
 
 
 def _prune(trial: optuna.Trial, note: str, **attrs: Any) -> NoReturn:
@@ -589,8 +671,8 @@ class _Objective:
         try:
             return self._run(trial)
         except (TrainingInterrupted, KeyboardInterrupt):
-            trial.set_user_attr("note", "interrupted; requeued")
-            _requeue(trial.study, trial.number, trial.params)
+            retry(trial.study, running_trial(trial))
+            trial.set_user_attr("note", "interrupted; queued again")
             raise
 
     def _run(self, trial: optuna.Trial) -> float:
@@ -635,17 +717,18 @@ class _Objective:
         return float(s["best_val_acc"])
 
     def _resumable(self, trial: optuna.Trial) -> tuple[RunConfig, Path] | None:
-        """For a requeued trial whose original run left a checkpoint here: that run's config
-        and directory. Elsewhere (another machine, or killed before its first checkpoint) the
-        retry trains afresh."""
-        number = trial.user_attrs.get("resume_of")
+        """For a retry whose trial left a checkpoint here: that trial's config and directory
+        (a retry starts with the attributes of the trial it retries). Elsewhere (another
+        machine, or killed before its first checkpoint) the retry trains afresh."""
+        number = retried_trial(running_trial(trial))
         if number is None:
             return None
-        origin = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == number)
-        if "config" not in origin.user_attrs or not (self.out / origin.user_attrs["run_dir"] / LAST).exists():
+        attrs = trial.user_attrs
+        if "config" not in attrs or not (self.out / attrs["run_dir"] / LAST).exists():
+            trial.set_user_attr("note", f"retry of trial {number}")
             return None
         trial.set_user_attr("note", f"resumed trial {number}")
-        return build_config(origin.user_attrs["config"]), self.out / origin.user_attrs["run_dir"]
+        return build_config(attrs["config"]), self.out / attrs["run_dir"]
 
     def _epoch_end(self, trial: optuna.Trial, row: dict[str, float], epochs: int) -> None:
         epoch = int(row["epoch"])
@@ -684,7 +767,8 @@ def trial_rows(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
             "trial": t.number, "state": _state(t), "val_acc": _val_acc(t), "params": t.user_attrs.get("params"),
             "flops": t.user_attrs.get("flops"), "epochs": t.user_attrs.get("epochs_run"),
             "train_seconds": t.user_attrs.get("train_seconds"), "pareto": False,
-            "note": t.user_attrs.get("note", ""), "run_dir": t.user_attrs.get("run_dir", ""), "values": dict(t.params),
+            "note": t.user_attrs.get("note", ""), "run_dir": t.user_attrs.get("run_dir", ""),
+            "worker": t.user_attrs.get(WORKER_ATTR, ""), "values": dict(t.params),
         })
     group = {"complete": 0, "pruned": 1}
     # Equal accuracy: the smaller network first (it leaves budget for width or an ensemble).
@@ -697,32 +781,38 @@ def trial_rows(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
     return [{"rank": i, **row} for i, row in enumerate(rows, 1)]
 
 
-def write_report(study: optuna.Study, out: Path, url: str) -> SearchResult:
-    """Write trials.csv, pareto.png, importance.png (when it can be computed), best.yaml and
-    summary.json for the study as it is now."""
-    trials = study.get_trials(deepcopy=False)
-    rows = trial_rows(trials)
-    files = {"trials_csv": str(out / "trials.csv"), "pareto_png": str(out / "pareto.png")}
-    _write_csv(out / "trials.csv", rows)
-    _plot_pareto(out / "pareto.png", rows, study.user_attrs.get("budget"))
+def study_result(study: optuna.Study, store: StudyStore) -> SearchResult:
+    """The study as it is now (ranked trials, the best, importances), without writing files."""
+    rows = trial_rows(study.get_trials(deepcopy=False))
     importance, note = _importance(study)
-    if importance is not None:
-        _plot_importance(out / "importance.png", importance)
-        files["importance_png"] = str(out / "importance.png")
-    best = None
     top = next((r for r in rows if r["state"] == "complete"), None)
-    if top is not None:
-        config = build_config(next(t for t in trials if t.number == top["trial"]).user_attrs["config"])
+    best = None if top is None else {
+        k: top[k] for k in ("trial", "val_acc", "params", "flops", "epochs", "train_seconds", "run_dir", "worker", "values")
+    }
+    return SearchResult(store.out, study.study_name, store.label, rows, best, importance, note)
+
+
+def write_report(study: optuna.Study, store: StudyStore) -> SearchResult:
+    """Write trials.csv, pareto.png, importance.png (when it can be computed), best.yaml and
+    summary.json into the search directory for the study as it is now."""
+    result = study_result(study, store)
+    out, files = store.out, result.files
+    _write_csv(out / "trials.csv", result.rows)
+    _plot_pareto(out / "pareto.png", result.rows, study.user_attrs.get("budget"))
+    files.update(trials_csv=str(out / "trials.csv"), pareto_png=str(out / "pareto.png"))
+    if result.importance is not None:
+        _plot_importance(out / "importance.png", result.importance)
+        files["importance_png"] = str(out / "importance.png")
+    if result.best is not None:
+        best = result.best
+        trial = next(t for t in study.get_trials(deepcopy=False) if t.number == best["trial"])
         path = out / "best.yaml"
         header = (
-            f"# Best trial {top['trial']} of search {study.study_name!r}: validation accuracy "
-            f"{100 * top['val_acc']:.2f}%, {top['params']:,} parameters.\n# Train it: budgetnet train --config {path}\n"
+            f"# Best trial {best['trial']} of search {study.study_name!r}: validation accuracy "
+            f"{100 * best['val_acc']:.2f}%, {best['params']:,} parameters.\n# Train it: budgetnet train --config {path}\n"
         )
-        atomic_write_bytes(path, (header + dump_config(config)).encode())
-        files["best_yaml"] = str(path)
-        best = {k: top[k] for k in ("trial", "val_acc", "params", "flops", "epochs", "train_seconds", "run_dir", "values")}
-        best["config"] = str(path)
-    result = SearchResult(out, study.study_name, _hide_password(url), rows, best, importance, note, files)
+        atomic_write_bytes(path, (header + dump_config(build_config(trial.user_attrs["config"]))).encode())
+        files["best_yaml"] = best["config"] = str(path)
     files["summary_json"] = str(out / "summary.json")
     write_json(out / "summary.json", result.to_dict())
     return result
@@ -730,7 +820,8 @@ def write_report(study: optuna.Study, out: Path, url: str) -> SearchResult:
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     names = list(dict.fromkeys(name for row in rows for name in row["values"]))
-    columns = ["rank", "trial", "state", "val_acc", "params", "flops", "epochs", "train_seconds", "pareto", "note", "run_dir"]
+    columns = ["rank", "trial", "state", "val_acc", "params", "flops", "epochs", "train_seconds", "pareto", "note", "run_dir",
+               "worker"]
     write_csv(path, columns + names, (
         ["" if row[c] is None else f"{row[c]:.6g}" if isinstance(row[c], float) else row[c] for c in columns]
         + [row["values"].get(n, "") for n in names]

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from budgetnet.config import RunConfig, build_config, deep_merge
+from budgetnet.config import RunConfig, build_config, deep_merge, require_increasing
 from budgetnet.errors import BudgetnetError
 from budgetnet.models import build_model, count_params, format_validation_error, summarize
 from budgetnet.models.zoo import model_mapping
@@ -59,9 +59,7 @@ class TableShape(BaseModel):
     @field_validator("points")
     @classmethod
     def _increasing_epochs(cls, value: list[MeasuredPoint]) -> list[MeasuredPoint]:
-        epochs = [p.epochs for p in value]
-        if epochs != sorted(set(epochs)):
-            raise ValueError(f"points must have increasing epochs, got {epochs}")
+        require_increasing([p.epochs for p in value], "points must have increasing epochs")
         return value
 
 

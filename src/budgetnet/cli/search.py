@@ -19,14 +19,24 @@ if TYPE_CHECKING:
     from budgetnet.search import SearchResult
 
 
-@app.command()
+search_app = typer.Typer(invoke_without_command=True)
+app.add_typer(search_app, name="search")
+
+StorageOpt = Annotated[str | None, typer.Option("--storage", help="PostgreSQL URL of the study, to share it with workers on other machines [default: the journal file OUT/study.journal].")]
+StudyOpt = Annotated[str | None, typer.Option("--study", help="Study name [default: the space file's name].")]
+
+
+@search_app.callback()
 def search(
-    space: Annotated[Path, typer.Option("--space", help="Space file (YAML); see configs/search/.")],
+    ctx: typer.Context,
+    space: Annotated[Path | None, typer.Option("--space", help="Space file (YAML); see configs/search/.")] = None,
     budget: Annotated[str | None, typer.Option("--budget", help="Parameter budget, e.g. 5M [default: the space file's].")] = None,
     trials: Annotated[int | None, typer.Option("--trials", min=1, help="Finished trials the study should hold; trials already in it count.")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Epochs per trial (the most a pruner lets one run).")] = None,
-    storage: Annotated[str | None, typer.Option("--storage", help="SQLAlchemy URL of the study [default: sqlite:///OUT/study.db]; share one (e.g. postgresql://...) to run workers on several machines.")] = None,
-    study: Annotated[str | None, typer.Option("--study", help="Study name [default: the space file's name].")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes on this machine, sharing the study and this machine's threads.")] = 1,
+    storage: StorageOpt = None,
+    study: StudyOpt = None,
+    heartbeat: Annotated[int | None, typer.Option("--heartbeat", min=1, help="With --storage: seconds between a worker's signs of life; one silent for 4 times this is dead and its trial runs again [default: 30].")] = None,
     data: DataPathOpt = None,
     download: DownloadOpt = False,
     subset: SubsetOpt = None,
@@ -35,13 +45,18 @@ def search(
     sampler: Annotated[str | None, typer.Option("--sampler", help="tpe, random or grid [default: the space file's, else tpe].")] = None,
     pruner: Annotated[str | None, typer.Option("--pruner", help="hyperband, halving or none [default: the space file's, else hyperband].")] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", min=0, help="Start no new trial after this many seconds.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Sampler seed (leave unset when several workers share a study).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Sampler seed (worker i of --workers uses seed + i; leave unset when machines share a study).")] = None,
     log: Annotated[list[str] | None, typer.Option("--log", help="Experiment tracker of every trial: tensorboard (in each trial's run directory).")] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Rows of the printed table.")] = 20,
     verbose: Annotated[bool, typer.Option("--verbose", help="Optuna's log and every trial's epoch lines.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary JSON instead of the table.")] = False,
 ) -> None:
-    """Search models and training settings for the most accurate network under a budget."""
+    """Search models and training settings for the most accurate network under a budget
+    (`budgetnet search report` writes the report of a search's study)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if space is None:
+        raise BudgetnetError("which search space? pass --space FILE (see configs/search/)")
     from budgetnet.search import load_space, run_search
     from budgetnet.train.engine import TrainingInterrupted
 
@@ -52,22 +67,49 @@ def search(
             spec, out=out or Path("searches") / name, trials=trials, storage=storage, study_name=name,
             sampler=sampler, pruner=pruner, budget=budget, epochs=epochs, timeout=timeout, seed=seed,
             data_overrides=data_overrides(data, download, val_size=val_size, subset=subset),
-            log=log,
+            log=log, workers=workers, **({} if heartbeat is None else {"heartbeat": heartbeat}),
             quiet=json_out, verbose=verbose,
         )
     except TrainingInterrupted as exc:
         typer.echo(f"budgetnet: search interrupted ({exc.run_dir}); run the same command again to continue, "
                    "the interrupted trial resumes from its checkpoint", err=True)
         raise typer.Exit(exc.exit_code) from None
+    _show(result, top, json_out)
+    if not result.files:
+        running = result.counts["running"]
+        why = (f"{running} trials still run in other workers, and the last to end writes the report" if running
+               else "the study has not changed since its report was written")
+        typer.echo(f"budgetnet: {why}; budgetnet search report --out {result.out}"
+                   f"{'' if storage is None else ' --storage URL'} --study {name} writes it here now", err=True)
+    if result.best is None:
+        see = f"; see {result.files['trials_csv']}" if result.files else ""
+        raise BudgetnetError(
+            f"no trial has completed ({result.counts['over budget']} over budget, {result.counts['error']} "
+            f"errors, {result.counts['pruned']} pruned){see}"
+        )
+
+
+@search_app.command("report")
+def report(
+    out: Annotated[Path, typer.Option("--out", help="The search directory (with --storage: any directory to write into).")],
+    storage: StorageOpt = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study name [default: the storage's only study].")] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Rows of the printed table.")] = 20,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary JSON instead of the table.")] = False,
+) -> None:
+    """Write a search's report (trials.csv, pareto.png, importance.png, best.yaml, summary.json)
+    for its study as it is now: after a search whose last worker ran on another machine, or
+    during one."""
+    from budgetnet.search import report_search
+
+    _show(report_search(out, url=storage, study_name=study), top, json_out)
+
+
+def _show(result: SearchResult, top: int, json_out: bool) -> None:
     if json_out:
         typer.echo(json.dumps(result.to_dict()))
     else:
         _print_report(result, top)
-    if result.best is None:
-        raise BudgetnetError(
-            f"no trial has completed ({result.counts['over budget']} over budget, {result.counts['error']} "
-            f"errors, {result.counts['pruned']} pruned); see {result.files['trials_csv']}"
-        )
 
 
 def _si(value: float | None) -> str:
@@ -112,11 +154,13 @@ def _print_report(result: SearchResult, top: int) -> None:
         )
     console.print(table)
     if len(rows) > top:
-        console.print(f"... {len(rows) - top} more rows in {result.files['trials_csv']}")
+        console.print(f"... {len(rows) - top} more rows" + (f" in {result.files['trials_csv']}" if result.files else ""))
     if result.best is not None:
         b = result.best
         console.print(f"best: trial {b['trial']}, validation accuracy {100 * b['val_acc']:.2f}%, "
-                      f"{b['params']:,} parameters; train it with: budgetnet train --config {b['config']}")
+                      f"{b['params']:,} parameters" + (f"; train it with: budgetnet train --config {b['config']}"
+                                                       if "config" in b else ""))
     if result.importance_note:
         console.print(result.importance_note)
-    console.print("wrote " + ", ".join(Path(p).name for p in result.files.values()) + f" in {result.out}")
+    if result.files:
+        console.print("wrote " + ", ".join(Path(p).name for p in result.files.values()) + f" in {result.out}")
