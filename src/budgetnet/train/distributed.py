@@ -102,7 +102,7 @@ class Ranks:
         if not self.distributed:
             return
         tensors = list(module.state_dict().values())
-        for dtype in {t.dtype for t in tensors}:
+        for dtype in dict.fromkeys(t.dtype for t in tensors):  # in the same order on every rank
             same = [t for t in tensors if t.dtype == dtype]
             flat = torch.cat([t.reshape(-1) for t in same])
             dist.broadcast(flat, src=0)
