@@ -42,3 +42,17 @@ def test_a_64px_folder_of_3_classes_trains_evaluates_and_exports(tmp_path: Path,
     meta = {p.key: json.loads(p.value) for p in proto.metadata_props if p.key in ("input_size", "classes")}
     assert meta == {"input_size": 64, "classes": ["cat", "dog", "frog"]}
     assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[1:]] == [3, 64, 64]
+
+
+def test_fit_and_summary_take_classes_and_input_size_from_data(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    folder = write_image_folder(tmp_path / "images", make_synthetic({"train": 2}, size=64), splits=("train",))
+    assert main(["fit", "--preset", "speedrun_2m", "--data", str(folder), "--budget", "1M", "--json"]) == 0
+    spec = json.loads(capsys.readouterr().out)["spec"]
+    assert (spec["classes"], spec["input_size"], spec["strides"]) == (3, 64, [4, 2, 2])
+    assert main(["summary", "--preset", "flagship", "--data", str(folder), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["spec"]["classes"] == 3 and summary["input_size"] == 64
+    assert summary["flops"] == summarize(build_config({"model": summary["spec"]}).model).flops
+    assert main(["summary", "--preset", "flagship", "--data", str(folder), "--classes", "10"]) == 2
+    assert "model.classes is 10 but" in capsys.readouterr().err
