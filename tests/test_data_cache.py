@@ -113,7 +113,8 @@ def test_subset_decodes_only_the_subset(image_zip: Path, isolated_cache: Path,
     real = source_cls._read
     monkeypatch.setattr(source_cls, "_read", lambda self, n: decoded.append(1) or real(self, n))
     cold = prepare_data(cfg, "cpu", splits=("train", "val"))
-    assert len(decoded) == 9 and _entries(isolated_cache) == []  # subsets are not cached
+    # The 9 images, and the first image's header for the input size; subsets are not cached.
+    assert len(decoded) == 9 + 1 and _entries(isolated_cache) == []
     prepare_data(DataConfig(path=str(image_zip), val_size=3), "cpu")  # fills the cache
     warm = prepare_data(cfg, "cpu", splits=("train", "val"))
     assert warm.info["cache"]["from_cache"]

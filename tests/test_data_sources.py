@@ -107,9 +107,11 @@ def test_resize_modes(tmp_path: Path) -> None:
         img[:, 8:56] = 255  # a white square (48x48) in the middle, black side bands
         Image.fromarray(img).save(root / cls / "0.png")
     with pytest.raises(BudgetnetError, match=r"a/0.png is 64x48 .* --resize"):
-        open_source(root).load("train")
-    stretched = open_source(root, resize="stretch").load("train").x
-    cropped = open_source(root, resize="center-crop").load("train").x
+        open_source(root, input_size=32).load("train")
+    with pytest.raises(BudgetnetError, match=r"a/0.png is 64x48 and not square.* --input-size N with --resize"):
+        open_source(root, resize="stretch").load("train")  # the images' own size cannot be the input size
+    stretched = open_source(root, resize="stretch", input_size=32).load("train").x
+    cropped = open_source(root, resize="center-crop", input_size=32).load("train").x
     assert stretched.shape == cropped.shape == (2, 32, 32, 3)
     assert stretched[:, :, 0].max() < 50 and cropped.min() > 200  # bands kept vs cut away
     assert open_source(root, resize="stretch", input_size=16).load("train").x.shape[1] == 16

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
+import torch
 
 from budgetnet.errors import BudgetnetError
 from budgetnet.models import (
@@ -146,7 +148,14 @@ def test_summary_adds_up() -> None:
     result = summarize(spec, "10k")
     assert result.params == count_params(spec) == sum(row.params for row in result.layers)
     assert result.budget == 10_000 and result.within_budget == (result.params <= 10_000)
-    assert result.bytes == {"fp32": 4 * result.params, "bf16": 2 * result.params, "int8": result.params}
+    # As stored: BN running statistics (2 x 4 bytes per channel) and counters (8 bytes each) too.
+    model = build_model(spec)
+    stored = io.BytesIO()
+    torch.save(model.state_dict(), stored)
+    bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert result.bytes["fp32"] == 4 * result.params + sum(8 * m.num_features + 8 for m in bn)
+    assert 0 < stored.tell() - result.bytes["fp32"] < 20_000  # the rest is the file's own overhead
+
     # FlopCounterMode counts 2 FLOPs per multiply-add of every conv and the Linear.
     expected = 0
     for row in result.layers:
@@ -157,3 +166,9 @@ def test_summary_adds_up() -> None:
     assert result.flops == expected
     as_dict = result.to_dict()
     assert as_dict["layers"][-1] == {"name": "fc", "type": "Linear", "output_shape": [10], "params": row.params}
+
+
+def test_int8_bytes_count_one_byte_per_weight_and_a_scale_and_bias_per_channel() -> None:
+    spec = ResNetSpec(blocks=[1], channels=[8])  # stem 3->8, block 8->8 twice, head 8->10
+    weights = 3 * 8 * 9 + 2 * 8 * 8 * 9 + 8 * 10
+    assert summarize(spec).bytes["int8"] == weights + 8 * (8 + 8 + 8 + 10)

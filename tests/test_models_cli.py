@@ -32,7 +32,7 @@ def test_summary_table(capsys) -> None:
     code, out, _ = run(capsys, "summary", "--preset", "seed001_resnet")
     assert code == 0
     assert "Trainable parameters: 4,662,346" in out
-    assert "FLOPs per image (32x32)" in out and "bf16" in out
+    assert "FLOPs per image (32x32)" in out and "Weights as stored: fp32 17.80 MiB (18,669,496 bytes) | int8" in out
     assert "fits, 337,654 to spare" in out
 
 

@@ -78,7 +78,7 @@ def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     def no_download(*args: Any, **kwargs: Any) -> None:
         raise BudgetnetError("downloads are disabled in the fuzz tests")
 
-    monkeypatch.setattr(sources_module, "download_cifar10", no_download)
+    monkeypatch.setattr(sources_module, "download_cifar", no_download)
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()
     yield

@@ -66,10 +66,11 @@ def test_train_synthetic_run_directory(tmp_path: Path, easy_npz: Path, capsys) -
     assert not [n for n in names if ".tmp-" in n], "a temporary file was left behind"
 
     # config.yaml: the resolved config, loadable again, equal to what the flags asked for on
-    # top of the flagship recipe, and to what the checkpoints recorded.
+    # top of the flagship recipe (with the images' own size written in), and to what the
+    # checkpoints recorded.
     saved = load_config(out / "config.yaml")
     expected = load_config(overrides={
-        "data": {"path": str(easy_npz), "val_size": 30},
+        "data": {"path": str(easy_npz), "val_size": 30, "input_size": 32},
         "model": {"preset": None, "blocks": [1], "channels": [8], "classes": 3},
         "train": {"epochs": 2, "batch_size": 16, "threads": 1, "device": "cpu"},
         "optim": {"lr": 0.1},

@@ -18,15 +18,19 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from budgetnet.data import AugmentConfig, DataConfig
+from budgetnet.data import AugmentConfig, DataConfig, DataShape, data_shape
 from budgetnet.errors import BudgetnetError
 from budgetnet.models import Budget, ResNetSpec, format_validation_error, get_preset, load_model_section
+from budgetnet.models.limits import ByteSize, Flops, Limits
+from budgetnet.models.spec import match_data, validate_spec
 from budgetnet.train.callbacks import EarlyStoppingConfig
 from budgetnet.train.optim import OptimConfig, SGDConfig
 from budgetnet.train.schedules import CosineSchedule, ScheduleConfig
 from budgetnet.train.tagged import kinds
 
 DEFAULT_RECIPE = "flagship"
+# The run-config keys of the limits (`RunConfig.limits`); space files take them too.
+LIMIT_KEYS = ("budget", "max_flops", "max_bytes", "int8_bytes", "max_latency_ms", "latency_batch")
 
 
 class ResizeStage(BaseModel):
@@ -129,6 +133,13 @@ class RunConfig(BaseModel):
 
     name: str = Field("run", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
     budget: Budget = 5_000_000
+    max_flops: Flops | None = Field(None, description="forward FLOPs per image at most (300M, 1.5G)")
+    max_bytes: ByteSize | None = Field(None, description="stored weight bytes at most (2MB, 1.5MiB): fp32, or int8 "
+                                                         "with int8_bytes")
+    int8_bytes: bool = Field(False, description="max_bytes counts the weights as the int8 export stores them")
+    max_latency_ms: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                         description="milliseconds per image at latency_batch on this machine's CPU")
+    latency_batch: int = Field(1, ge=1, le=4096, description="batch size the latency is measured at")
     allow_over_budget: bool = False
     model: ResNetSpec = Field(default_factory=lambda: get_preset(DEFAULT_RECIPE))
     data: DataConfig = Field(default_factory=DataConfig)
@@ -136,6 +147,12 @@ class RunConfig(BaseModel):
     optim: OptimConfig = Field(default_factory=SGDConfig)
     schedule: ScheduleConfig = Field(default_factory=CosineSchedule)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @property
+    def limits(self) -> Limits:
+        """The parameter budget and every other limit the config sets."""
+        return Limits(params=self.budget, flops=self.max_flops, bytes=self.max_bytes, int8_bytes=self.int8_bytes,
+                      latency_ms=self.max_latency_ms, latency_batch=self.latency_batch)
 
     @field_validator("model", mode="before")
     @classmethod
@@ -159,6 +176,27 @@ class RunConfig(BaseModel):
                 "keep a validation split (--val-size N) or drop early_stopping"
             )
         return value
+
+
+def read_data_shape(cfg: RunConfig) -> DataShape:
+    """The classes and image side of the run's dataset: at data.input_size, else at the
+    model's input_size where the config sets that, else at the images' own size."""
+    data = cfg.data
+    if data.input_size is None and "input_size" in cfg.model.model_fields_set:
+        data = data.model_copy(update={"input_size": cfg.model.input_size})
+    return data_shape(data)
+
+
+def fit_to_data(cfg: RunConfig, shape: DataShape | None = None) -> RunConfig:
+    """`cfg` with its data's image side written into data.input_size, and the model's classes
+    and input size taken from the data where the config leaves them out (a preset on CIFAR-100
+    gets 100 outputs; one on 64x64 images takes 64x64). `shape` is the data's when already
+    read (`read_data_shape`); otherwise the dataset is opened (no images are decoded)."""
+    shape = shape or read_data_shape(cfg)
+    name = cfg.data.path or "the downloaded dataset"
+    fields = match_data(cfg.model.model_dump(exclude_unset=True), len(shape.classes), shape.input_size, name)
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"input_size": shape.input_size}),
+                                  "model": validate_spec(fields)})
 
 
 def list_recipes() -> list[str]:

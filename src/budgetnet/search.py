@@ -2,8 +2,9 @@
 
 A *space file* (`SearchSpace`, YAML) names the run config every trial starts from (`base`) and
 the knobs to vary (`params`: dotted keys into that config, e.g. ``optim.lr``). A trial samples
-one value per knob, resolves them into a `RunConfig`, counts its parameters (instant, on the
-meta device) and rejects it untrained when it is over the budget. Otherwise it trains into
+one value per knob, resolves them into a `RunConfig` (the model's classes and input size from
+the data), counts its parameters (instant, on the meta device) and rejects it untrained when it
+is over the budget or any other limit (FLOPs, bytes, latency). Otherwise it trains into
 ``<out>/trials/<number>/`` (a normal run directory) and reports validation accuracy after
 every epoch, so a Hyperband or successive-halving pruner can stop weak candidates early.
 
@@ -39,25 +40,30 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from budgetnet.config import (
     DEFAULT_RECIPE,
+    LIMIT_KEYS,
     RunConfig,
     build_config,
     deep_merge,
     dump_config,
+    fit_to_data,
     load_config,
+    read_data_shape,
     read_yaml_mapping,
     settings_kept,
 )
+from budgetnet.data import DataShape
 from budgetnet.errors import BudgetnetError, warn
 from budgetnet.files import atomic_write_bytes, write_csv, write_json, write_png
 from budgetnet.models import (
     Budget,
     ResNetSpec,
-    count_params,
     fit_to_budget,
     format_validation_error,
     parse_budget,
     summarize,
 )
+from budgetnet.models.budget import over_limits
+from budgetnet.models.limits import ByteSize, Flops
 from budgetnet.models.spec import BOTTLENECK_EXPANSION, validate_spec
 from budgetnet.plots import pyplot
 from budgetnet.search_workers import (
@@ -184,6 +190,11 @@ class SearchSpace(BaseModel):
         "flagship recipe",
     )
     budget: Budget | None = None
+    max_flops: Flops | None = None
+    max_bytes: ByteSize | None = None
+    int8_bytes: bool | None = None
+    max_latency_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
+    latency_batch: int | None = Field(None, ge=1, le=4096)
     fill_budget: FillBudget | None = None
     params: dict[str, ParamSpec] = Field(min_length=1)
     trials: int | None = Field(None, ge=1)
@@ -250,8 +261,12 @@ class SearchSpace(BaseModel):
         return self
 
     def base_mapping(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The run config trials start from, as a plain mapping: the base (recipe <- config file
-        <- inline sections), then this file's budget and epochs, then `overrides`. As with
+        """`base_config` as a plain mapping."""
+        return self.base_config(overrides).model_dump(mode="json")
+
+    def base_config(self, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+        """The run config trials start from: the base (recipe <- config file <- inline
+        sections), then this file's limits and epochs, then `overrides`. As with
         `load_config`, inline sections without a recipe or file stand on their own (defaults
         fill the rest) and no base at all means the flagship recipe."""
         if self.base is None:
@@ -264,27 +279,28 @@ class SearchSpace(BaseModel):
         recipe, config = inline.pop("recipe", None), inline.pop("config", None)
         if not isinstance(recipe, (str, type(None))) or not isinstance(config, (str, type(None))):
             raise BudgetnetError("base: recipe and config must be a name and a file path")
-        own: dict[str, Any] = {}
-        if self.budget is not None:
-            own["budget"] = self.budget
+        own: dict[str, Any] = {key: getattr(self, key) for key in LIMIT_KEYS if getattr(self, key) is not None}
         if self.epochs is not None:
             own["train"] = {"epochs": self.epochs}
         inline = deep_merge(deep_merge(inline, own), dict(overrides or {}))
         if recipe is None and config is None:
-            return build_config(inline, source="base").model_dump(mode="json")
+            return build_config(inline, source="base")
         path = self._root / config if config is not None else None
-        return load_config(path, inline, recipe=recipe).model_dump(mode="json")
+        return load_config(path, inline, recipe=recipe)
 
-    def resolve(self, values: Mapping[str, Any], base: Mapping[str, Any]) -> RunConfig:
+    def resolve(self, values: Mapping[str, Any], base: Mapping[str, Any], shape: DataShape | None = None) -> RunConfig:
         """The run config of one candidate: `values` (param -> value) laid over `base` in the
-        order the params are written, then the width multiplier or budget fill applied to the
-        model. `BudgetnetError` when the combination is not a valid config; an unfillable shape
-        comes back unfitted (over the budget) for the caller to reject."""
+        order the params are written, the model fitted to the data's `shape` (classes, input
+        size) when given, then the width multiplier or budget fill applied to the model.
+        `BudgetnetError` when the combination is not a valid config; an unfillable shape comes
+        back unfitted (over a limit) for the caller to reject."""
         tree = copy.deepcopy(dict(base))
         for name, value in values.items():
             if name != WIDTH_KEY:
                 _set_in(tree, name, value, self.params[name].merge)
         cfg = build_config(tree, source="candidate")
+        if shape is not None:
+            cfg = fit_to_data(cfg, shape)
         spec = cfg.model
         if WIDTH_KEY in values:
             spec = _scale_widths(spec, float(values[WIDTH_KEY]))
@@ -292,12 +308,12 @@ class SearchSpace(BaseModel):
             fill = self.fill_budget
             try:
                 spec = fit_to_budget(
-                    cfg.budget, mode=fill.mode, base=spec, multiple=fill.multiple,
+                    cfg.limits, mode=fill.mode, base=spec, multiple=fill.multiple,
                     blocks=spec.blocks if fill.mode == "depth" else None,
                 )
             except BudgetnetError:
-                if count_params(spec) <= cfg.budget:
-                    raise  # not a budget problem: report it as the candidate's error
+                if over_limits(spec, cfg.limits) is None:
+                    raise  # not a limit problem: report it as the candidate's error
         return cfg.model_copy(update={"model": spec})
 
     def grid(self) -> dict[str, list[Any]]:
@@ -424,6 +440,7 @@ def run_search(
     sampler: SamplerName | None = None,
     pruner: PrunerName | None = None,
     budget: int | str | None = None,
+    limits: Mapping[str, Any] | None = None,
     epochs: int | None = None,
     data_overrides: Mapping[str, Any] | None = None,
     log: Sequence[str] | None = None,
@@ -440,8 +457,10 @@ def run_search(
     the last worker writes them, and `report_search` any time).
 
     `trials`, `sampler`, `pruner`, `epochs` and `seed` default to the space file's; `budget`,
-    `epochs`, `data_overrides` and `log` (experiment trackers of every trial, e.g.
-    ["tensorboard"]) override its base config. `timeout` (seconds) stops starting
+    `trials`, `sampler`, `pruner`, `epochs` and `seed` default to the space file's; `budget`,
+    `limits` (run-config limit keys, e.g. ``{"max_flops": "300M"}``), `epochs`,
+    `data_overrides` and `log` (experiment trackers of every trial, e.g. ["tensorboard"])
+    override its base config. `timeout` (seconds) stops starting
     new trials. `workers` runs that many worker processes here, each with its share of this
     process's threads (worker i samples with `seed` + i). `storage`, a PostgreSQL URL, shares
     the study with workers on other machines; one silent for 4 x `heartbeat` seconds is taken
@@ -462,13 +481,16 @@ def run_search(
         overrides["data"] = dict(data_overrides)
     if budget is not None:
         overrides["budget"] = parse_budget(budget)
+    overrides.update(limits or {})
     if epochs is not None:
         overrides.setdefault("train", {})["epochs"] = epochs
     if log:
         overrides.setdefault("train", {})["log"] = list(log)
-    base = space.base_mapping(overrides)
-    base_cfg = build_config(base)
+    base_cfg = space.base_config(overrides)
     _check_data(base_cfg)
+    # Read once; the base's model and every candidate's take their classes and input size from it.
+    shape = read_data_shape(base_cfg)
+    base = fit_to_data(base_cfg, shape).model_dump(mode="json")
     check_trackers(base_cfg.train.log)
     grid = space.grid() if sampler == "grid" else None
     total = trials or space.trials or (math.prod(len(v) for v in grid.values()) if grid else None)
@@ -479,7 +501,7 @@ def run_search(
     out.mkdir(parents=True, exist_ok=True)
     store = StudyStore.resolve(out, storage, heartbeat)
     worker = _Worker(
-        space, base, store, study_name, sampler, grid, seed if seed is not None else space.seed, total, pruner,
+        space, base, shape, store, study_name, sampler, grid, seed if seed is not None else space.seed, total, pruner,
         # Searched epochs vary per trial, so Hyperband then learns its top rung from the trials.
         "auto" if "train.epochs" in space.params else base_cfg.train.epochs,
         base_cfg.budget, timeout, quiet, verbose,
@@ -554,6 +576,7 @@ class _Worker:
 
     space: SearchSpace
     base: dict[str, Any]
+    shape: DataShape
     store: StudyStore
     study_name: str
     sampler: str
@@ -575,7 +598,7 @@ class _Worker:
         )
 
     def run(self, study: optuna.Study) -> None:
-        work(study, self.store, _Objective(self.space, self.base, self.store.out, self.verbose), total=self.total,
+        work(study, self.store, _Objective(self.space, self.base, self.shape, self.store.out, self.verbose), total=self.total,
              timeout=self.timeout, callbacks=None if self.quiet else [_print_trial])
 
 
@@ -662,10 +685,10 @@ def _drop_checkpoints(run_dir: Path, keep_best: bool) -> None:
 
 
 class _Objective:
-    """One trial: sample, resolve, reject over budget, train with per-epoch pruning."""
+    """One trial: sample, resolve, reject over a limit, train with per-epoch pruning."""
 
-    def __init__(self, space: SearchSpace, base: dict[str, Any], out: Path, verbose: bool) -> None:
-        self.space, self.base, self.out, self.verbose = space, base, out, verbose
+    def __init__(self, space: SearchSpace, base: dict[str, Any], shape: DataShape, out: Path, verbose: bool) -> None:
+        self.space, self.base, self.shape, self.out, self.verbose = space, base, shape, out, verbose
 
     def __call__(self, trial: optuna.Trial) -> float:
         try:
@@ -684,15 +707,15 @@ class _Objective:
             cfg, run_dir = resumed
         else:
             try:
-                cfg = self.space.resolve(values, self.base)
+                cfg = self.space.resolve(values, self.base, self.shape)
             except BudgetnetError as exc:
                 _prune(trial, f"error: {exc}", error=True)
             run_dir = self.out / "trials" / str(trial.number)
         counted = summarize(cfg.model, cfg.budget)
         trial.set_user_attr("params", counted.params)
         trial.set_user_attr("flops", counted.flops)
-        if counted.params > cfg.budget:
-            _prune(trial, f"over budget: {counted.params:,} > {cfg.budget:,} parameters", over_budget=True)
+        if (reason := over_limits(cfg.model, cfg.limits)) is not None:
+            _prune(trial, f"over budget: the candidate {reason}", over_budget=True)
         trial.set_user_attr("run_dir", run_dir.relative_to(self.out).as_posix())
         trial.set_user_attr("config", cfg.model_dump(mode="json"))
         if resumed is not None:

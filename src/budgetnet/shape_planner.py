@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from budgetnet.config import RunConfig, build_config, deep_merge, require_increasing
 from budgetnet.errors import BudgetnetError
 from budgetnet.models import build_model, count_params, format_validation_error, summarize
+from budgetnet.models.budget import over_limits
 from budgetnet.models.zoo import model_mapping
 from budgetnet.runtime import autocast_dtype, use_channels_last
 from budgetnet.train.optim import build_optimizer
@@ -174,7 +175,7 @@ def plan_shape(
     cfg: RunConfig, train_images: int, device: torch.device, step_seconds: Any = measure_step_seconds
 ) -> ShapePlan:
     """The shape of `cfg.train.shape_table` expected to be most accurate after training for
-    `cfg.train.time_budget_s` seconds on `device`, within the parameter budget, and its
+    `cfg.train.time_budget_s` seconds on `device`, within the budget and every other limit, and its
     epochs. `step_seconds(cfg, device)` times a candidate (tests pass a model of it)."""
     tc = cfg.train
     if tc.shape_table is None or tc.time_budget_s is None:
@@ -188,9 +189,9 @@ def plan_shape(
     for shape in table.shapes:
         model = {**base["model"], **model_mapping(shape.model)}
         candidate_cfg = build_config(deep_merge(base, {"model": model}), source=f"shape {shape.name}")
-        params = count_params(candidate_cfg.model)
-        if params > cfg.budget and not cfg.allow_over_budget:
+        if not cfg.allow_over_budget and over_limits(candidate_cfg.model, cfg.limits) is not None:
             continue
+        params = count_params(candidate_cfg.model)
         seconds = step_seconds(candidate_cfg, device)
         epochs = _HEADROOM * tc.time_budget_s / seconds / steps_per_epoch
         candidate = ShapeCandidate(
@@ -199,7 +200,8 @@ def plan_shape(
         )
         candidates.append((candidate, candidate_cfg))
     if not candidates:
-        raise BudgetnetError(f"no shape of table {tc.shape_table} fits the budget of {cfg.budget:,} parameters")
+        raise BudgetnetError(f"no shape of table {tc.shape_table} fits the budget of {cfg.budget:,} parameters "
+                             "and the other limits given")
     choice, chosen = max(candidates, key=lambda pair: (pair[0].expected_acc, -pair[0].params))
     # Epochs rounded up: the engine's time-budget plan then fits the steps (and schedule) to S.
     train = {**chosen.train.model_dump(mode="json"), "epochs": max(1, math.ceil(choice.epochs)), "shape_table": None}

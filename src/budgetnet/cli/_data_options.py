@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from budgetnet.cli._flags import Sets, flag_overrides
+from budgetnet.errors import BudgetnetError
 
 PANEL = "Data"
 
@@ -24,11 +25,19 @@ DataPathOpt = Annotated[str | None, typer.Option(
 DownloadOpt = Annotated[bool, typer.Option(
     "--download", rich_help_panel=PANEL, help="Fetch CIFAR-10 (python version) into the --data folder if it is "
                                               "not there yet (default folder: the cache)."), Sets("data.download")]
+DownloadCifar100Opt = Annotated[bool, typer.Option(
+    "--download-cifar100", rich_help_panel=PANEL, help="Fetch CIFAR-100 (python version) the same way."),
+    Sets(also={"data.download": "cifar100"})]
+LabelsOpt = Annotated[Literal["fine", "coarse"] | None, typer.Option(
+    "--labels", rich_help_panel=PANEL, help="CIFAR-100's labels: fine (100 classes) or coarse (its 20 "
+                                            "superclasses) [default: fine]; other datasets have one set."),
+    Sets("data.labels")]
 ResizeOpt = Annotated[Literal["stretch", "center-crop"] | None, typer.Option(
     "--resize", rich_help_panel=PANEL, help="How to fit images whose size differs from the input size; without it "
                                             "they are an error."), Sets("data.resize")]
 InputSizeOpt = Annotated[int | None, typer.Option(
-    "--input-size", min=1, rich_help_panel=PANEL, help="Image side length the model takes [default: 32]."),
+    "--input-size", min=1, rich_help_panel=PANEL, help="Image side length the model takes [default: the images' "
+                                                       "own]."),
     Sets("data.input_size")]
 ValSizeOpt = Annotated[int | None, typer.Option(
     "--val-size", min=0, rich_help_panel=PANEL, help="Stratified validation images carved from train; 0 trains on "
@@ -47,6 +56,7 @@ NoCacheOpt = Annotated[bool, typer.Option(
 DATA_FLAGS: dict[str, Any] = {
     "data": DataPathOpt, "download": DownloadOpt, "resize": ResizeOpt, "input_size": InputSizeOpt,
     "val_size": ValSizeOpt, "split_seed": SplitSeedOpt, "subset": SubsetOpt, "no_cache": NoCacheOpt,
+    "labels": LabelsOpt, "download_cifar100": DownloadCifar100Opt,
 }
 
 
@@ -59,7 +69,16 @@ def data_overrides(
     split_seed: int | None = None,
     subset: int | None = None,
     no_cache: bool = False,
+    labels: str | None = None,
+    download_cifar100: bool = False,
 ) -> dict[str, Any]:
     """The `DataConfig` fields set by the options above; options not given are left out."""
+    check_downloads(download, download_cifar100)
     given = locals()  # exactly the parameters, named as in DATA_FLAGS
     return flag_overrides(DATA_FLAGS, given).get("data", {})
+
+
+def check_downloads(download: bool | None, download_cifar100: bool | None) -> None:
+    """Both download flags name a dataset to fetch: one of them at most."""
+    if download and download_cifar100:
+        raise BudgetnetError("give --download (CIFAR-10) or --download-cifar100, not both")

@@ -12,8 +12,10 @@ from rich.table import Table
 from budgetnet.cli._app import app
 from budgetnet.cli._data_options import (
     DataPathOpt,
+    DownloadCifar100Opt,
     DownloadOpt,
     InputSizeOpt,
+    LabelsOpt,
     NoCacheOpt,
     ResizeOpt,
     SplitSeedOpt,
@@ -31,6 +33,8 @@ app.add_typer(data_app, name="data")
 def info(
     data: DataPathOpt = None,
     download: DownloadOpt = False,
+    download_cifar100: DownloadCifar100Opt = False,
+    labels: LabelsOpt = None,
     resize: ResizeOpt = None,
     input_size: InputSizeOpt = None,
     val_size: ValSizeOpt = None,
@@ -39,16 +43,16 @@ def info(
     no_cache: NoCacheOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Images per split and class, image size, mean/std, and the cache entry used."""
+    """Images per split and class, image size, which labels (CIFAR-100), mean/std, the cache entry."""
     # Imported here so that `budgetnet --help` and other commands do not pay for torch.
     from budgetnet.data import DataConfig, open_source, prepare_data
 
     cfg = DataConfig(**data_overrides(data, download, resize, input_size, val_size, split_seed,
-                                      subset, no_cache))
+                                      subset, no_cache, labels, download_cifar100))
     present = ()
     if cfg.path is not None:  # with no path, prepare_data downloads (or says what is missing)
         present = open_source(cfg.path, resize=cfg.resize, input_size=cfg.input_size,
-                              download=cfg.download).splits
+                              labels=cfg.labels, download=cfg.download).splits
     wanted = (("train", "val") if "train" in present or not present else ()) + \
         (("test",) if "test" in present else ())
     prepared = prepare_data(cfg, "cpu", splits=wanted)
@@ -67,6 +71,7 @@ def _report(info: dict[str, Any], mean: Any, std: Any, val_size: int, subset: in
     return {
         "source": info["source"],
         "format": info["format"],
+        "labels": info["labels"],
         "content_hash": info["content_hash"],
         "image_size": info["image_size"],
         "classes": info["classes"],
@@ -89,6 +94,11 @@ def _print(report: dict[str, Any]) -> None:
     read = " (a stratified --subset of the training images)" if report["subset"] else ""
     console.print(f"images  {report['images']:,} of {w}x{h} RGB, {len(report['classes'])} "
                   f"classes{read}")
+    labels = report["labels"]
+    if labels is not None:
+        other = {"fine": "coarse for the 20 superclasses", "coarse": "fine for the 100 classes"}[labels]
+        console.print(f"labels  {labels}: {len(report['classes'])} classes, named by the meta file's "
+                      f"{labels}_label_names (--labels {other})")
     table = Table("class", *report["splits"], *(f"-> {k}" for k in report["prepared"]))
     columns = [*report["splits"].values(), *report["prepared"].values()]
     for cls in report["classes"]:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from budgetnet.cli._app import app
-from budgetnet.cli._data_options import DataPathOpt, DownloadOpt, SubsetOpt, ValSizeOpt, data_overrides
+from budgetnet.cli._budget_options import limit_flags, limit_overrides
+from budgetnet.cli._data_options import DataPathOpt, DownloadOpt, LabelsOpt, SubsetOpt, ValSizeOpt, data_overrides
 from budgetnet.errors import BudgetnetError
 
 if TYPE_CHECKING:
@@ -27,10 +28,11 @@ StudyOpt = Annotated[str | None, typer.Option("--study", help="Study name [defau
 
 
 @search_app.callback()
+@limit_flags
 def search(
     ctx: typer.Context,
+    limit_values: dict[str, Any],
     space: Annotated[Path | None, typer.Option("--space", help="Space file (YAML); see configs/search/.")] = None,
-    budget: Annotated[str | None, typer.Option("--budget", help="Parameter budget, e.g. 5M [default: the space file's].")] = None,
     trials: Annotated[int | None, typer.Option("--trials", min=1, help="Finished trials the study should hold; trials already in it count.")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Epochs per trial (the most a pruner lets one run).")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes on this machine, sharing the study and this machine's threads.")] = 1,
@@ -39,6 +41,7 @@ def search(
     heartbeat: Annotated[int | None, typer.Option("--heartbeat", min=1, help="With --storage: seconds between a worker's signs of life; one silent for 4 times this is dead and its trial runs again [default: 30].")] = None,
     data: DataPathOpt = None,
     download: DownloadOpt = False,
+    labels: LabelsOpt = None,
     subset: SubsetOpt = None,
     val_size: ValSizeOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Search directory [default: searches/<study>].")] = None,
@@ -51,8 +54,8 @@ def search(
     verbose: Annotated[bool, typer.Option("--verbose", help="Optuna's log and every trial's epoch lines.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary JSON instead of the table.")] = False,
 ) -> None:
-    """Search models and training settings for the most accurate network under a budget
-    (`budgetnet search report` writes the report of a search's study)."""
+    """Search models and training settings for the most accurate network under a budget and
+    any other limits (`budgetnet search report` writes the report of a search's study)."""
     if ctx.invoked_subcommand is not None:
         return
     if space is None:
@@ -65,8 +68,9 @@ def search(
     try:
         result = run_search(
             spec, out=out or Path("searches") / name, trials=trials, storage=storage, study_name=name,
-            sampler=sampler, pruner=pruner, budget=budget, epochs=epochs, timeout=timeout, seed=seed,
-            data_overrides=data_overrides(data, download, val_size=val_size, subset=subset),
+            sampler=sampler, pruner=pruner, epochs=epochs, timeout=timeout, seed=seed,
+            limits=limit_overrides(limit_values),
+            data_overrides=data_overrides(data, download, val_size=val_size, subset=subset, labels=labels),
             log=log, workers=workers, **({} if heartbeat is None else {"heartbeat": heartbeat}),
             quiet=json_out, verbose=verbose,
         )

@@ -9,17 +9,22 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from budgetnet.cli._app import app
+from budgetnet.cli._budget_options import LIMIT_FLAGS
+from budgetnet.cli._budget_options import PANEL as LIMITS
 from budgetnet.cli._data_options import (
     DataPathOpt,
+    DownloadCifar100Opt,
     DownloadOpt,
+    LabelsOpt,
     NoCacheOpt,
     ResizeOpt,
     SplitSeedOpt,
     SubsetOpt,
     ValSizeOpt,
+    check_downloads,
 )
 from budgetnet.cli._eval_options import BatchSizeOpt, DeviceOpt, JsonOpt, SplitOpt, TtaOpt, check_split
-from budgetnet.cli._flags import GroupedHelp, Sets, command_flags, flag, flag_overrides
+from budgetnet.cli._flags import GroupedHelp, Sets, command_flags, flag, flag_overrides, with_flags
 from budgetnet.cli._launch import speaks_for_run, train_in_processes
 from budgetnet.cli._model_options import PresetOption, model_flags
 from budgetnet.errors import BudgetnetError
@@ -32,6 +37,7 @@ RUN, TRAINING, OPTIMIZER, OUTPUT = "Run", "Training", "Optimizer and schedule", 
 
 @app.command(cls=GroupedHelp)
 @model_flags
+@with_flags(LIMIT_FLAGS)  # read from the context, as every train flag
 def train(
     ctx: typer.Context,
     model: dict[str, Any],
@@ -43,14 +49,16 @@ def train(
                                           "GPU, or CPU processes sharing the cores; --batch-size is the global "
                                           "batch. For several machines run torchrun yourself (README).") = None,
     name: flag("--name", str, RUN, Sets("name"), "Run name, used in the directory name.") = None,
-    budget: flag("--budget", str, RUN, Sets("budget"), "Parameter budget, e.g. 5M.") = None,
-    allow_over_budget: Annotated[bool, typer.Option("--allow-over-budget", help="Train even if over budget.",
-                                                    rich_help_panel=RUN), Sets("allow_over_budget")] = False,
+    allow_over_budget: Annotated[bool, typer.Option("--allow-over-budget", rich_help_panel=LIMITS,
+                                                    help="Train even if over the budget or another limit."),
+                                 Sets("allow_over_budget")] = False,
     set_values: Annotated[list[str] | None, typer.Option(
         "--set", rich_help_panel=RUN, help="Any config field, e.g. --set optim.muon_lr=0.3 --set train.tta=final "
                                            "(YAML value); repeatable, applied last.")] = None,
     data: DataPathOpt = None,
     download: DownloadOpt = False,
+    download_cifar100: DownloadCifar100Opt = False,
+    labels: LabelsOpt = None,
     resize: ResizeOpt = None,
     val_size: ValSizeOpt = None,
     split_seed: SplitSeedOpt = None,
@@ -142,6 +150,7 @@ def config_overrides(values: dict[str, Any]) -> dict[str, Any]:
     """The run-config overrides that the train command's options `values` (by parameter name,
     as in its context) set: each flag's `Sets` marker, then `--set`; options not given are
     left out."""
+    check_downloads(values.get("download"), values.get("download_cifar100"))
     overrides = flag_overrides(command_flags(train), values)
     model = overrides.get("model", {})
     if "preset" not in model and {"blocks", "channels"} <= model.keys():

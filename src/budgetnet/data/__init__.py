@@ -18,13 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from budgetnet.data.augment import AugmentConfig, BatchAugment
 from budgetnet.data.cache import Loaded, cached_load, clear_cache, default_cache_dir
 from budgetnet.data.loader import DeviceLoader, channel_stats
-from budgetnet.data.sources import ImageArrays, Resize, open_source
+from budgetnet.data.sources import Download, ImageArrays, LabelSet, Resize, Source, open_source
 from budgetnet.data.splits import stratified_fold, stratified_split, stratified_subset
 from budgetnet.errors import BudgetnetError
 
 __all__ = [
-    "AugmentConfig", "BatchAugment", "DataConfig", "DeviceLoader", "Fold", "PreparedData", "Split",
-    "channel_stats", "clear_cache", "open_source", "prepare_data", "stratified_split",
+    "AugmentConfig", "BatchAugment", "DataConfig", "DataShape", "DeviceLoader", "Fold", "PreparedData", "Split",
+    "channel_stats", "clear_cache", "data_shape", "open_source", "prepare_data", "stratified_split",
 ]
 
 SplitName = Literal["train", "val", "test"]
@@ -52,9 +52,13 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = Field(None, description="dataset path; None with download: the cache")
-    download: bool = Field(False, description="fetch CIFAR-10 into `path` if it is not there")
+    download: bool | Download = Field(False, description="fetch a dataset into `path` if it is not there: "
+                                                         "true or cifar10 for CIFAR-10, cifar100 for CIFAR-100")
+    labels: LabelSet | None = Field(None, description="CIFAR-100's label set: fine (100 classes, the "
+                                                      "default) or coarse (its 20 superclasses)")
     resize: Resize | None = Field(None, description="how to fit images of another size")
-    input_size: int = Field(32, ge=1, description="image side the model takes")
+    input_size: int | None = Field(None, ge=1, description="image side the model takes; None: the images' "
+                                                           "own (CIFAR: 32; folders, .npz: the first image's)")
     val_size: int = Field(5000, ge=0, description="stratified validation images carved "
                                                    "from train; 0: train on everything; with "
                                                    "fold, the fold replaces them")
@@ -89,7 +93,8 @@ class PreparedData:
 
     `mean`/`std` (per channel, [0, 1] units) come from the training part and are None when
     neither train nor val was requested (evaluation takes them from the checkpoint). `info`:
-    source, format, content_hash, classes, image_size, counts (per prepared split and class),
+    source, format, labels (CIFAR-100's label set, else None), content_hash, classes,
+    image_size, counts (per prepared split and class),
     source_counts (per source split read, after `subset`), cache (dir, used, paths,
     from_cache), seconds.
     """
@@ -117,13 +122,8 @@ def prepare_data(
     if not splits or set(splits) - {"train", "val", "test"}:
         raise BudgetnetError(f"splits {splits!r} must name one or more of train, val, test.")
     start = time.perf_counter()
-    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
-    if cfg.path is None and not cfg.download:
-        raise BudgetnetError("no dataset given; pass --data PATH, or --download to fetch "
-                             "CIFAR-10.")
-    path = cfg.path if cfg.path is not None else cache_dir / "datasets"
-    source = open_source(path, resize=cfg.resize, input_size=cfg.input_size,
-                         download=cfg.download)
+    cache_dir = _cache_dir(cfg)
+    source = _open(cfg)
     device = torch.device(device)
     out: dict[str, Split | None] = {"train": None, "val": None, "test": None}
     loads: dict[str, Loaded] = {}
@@ -162,9 +162,10 @@ def prepare_data(
     info = {
         "source": str(source.path),
         "format": source.format,
+        "labels": source.label_set,
         "content_hash": source.content_hash,
         "classes": classes,
-        "image_size": [cfg.input_size, cfg.input_size],
+        "image_size": [source.input_size, source.input_size],
         "counts": counts,
         "source_counts": {name: per_class(ld.arrays.y) for name, ld in loads.items()},
         "cache": {
@@ -177,6 +178,34 @@ def prepare_data(
         "seconds": round(time.perf_counter() - start, 3),
     }
     return PreparedData(out["train"], out["val"], out["test"], classes, mean, std, info)
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What a model for a dataset must match: its class names and image side."""
+
+    classes: list[str]
+    input_size: int
+
+
+def data_shape(cfg: DataConfig) -> DataShape:
+    """The classes and image side of `cfg`'s dataset, read without decoding its images (one
+    image header, for a folder's own size)."""
+    source = _open(cfg)
+    return DataShape(source.classes, source.input_size)
+
+
+def _cache_dir(cfg: DataConfig) -> Path:
+    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+
+
+def _open(cfg: DataConfig) -> Source:
+    if cfg.path is None and not cfg.download:
+        raise BudgetnetError("no dataset given; pass --data PATH, or --download to fetch "
+                             "CIFAR-10 (--download-cifar100: CIFAR-100).")
+    path = cfg.path if cfg.path is not None else _cache_dir(cfg) / "datasets"
+    return open_source(path, resize=cfg.resize, input_size=cfg.input_size, labels=cfg.labels,
+                       download=cfg.download)
 
 
 def _to_device(arrays: ImageArrays, idx: np.ndarray | None, device: torch.device) -> Split:

@@ -43,6 +43,8 @@ def default_cache_dir() -> Path:
 def entry_path(source: Source, split: str, cache_dir: Path) -> Path:
     """Where the cache keeps `split` of `source` as decoded with its current settings."""
     settings = f"v{CACHE_VERSION}|{source.format}|{split}|{source.input_size}|{source.resize}"
+    if source.label_set is not None:  # only then, so the keys of single-label datasets stay as they were
+        settings += f"|{source.label_set}"
     key = hashlib.sha256(f"{settings}|{source.content_hash}".encode()).hexdigest()[:32]
     return cache_dir / "arrays" / f"{split}-{source.input_size}px-{key}"
 
@@ -104,7 +106,7 @@ def _read(path: Path) -> tuple[ImageArrays, list[str]] | None:
 
 def _write(path: Path, arrays: ImageArrays, source: Source, split: str) -> bool:
     meta = {"classes": source.classes, "source": str(source.path), "format": source.format,
-            "split": split, "content_hash": source.content_hash,
+            "labels": source.label_set, "split": split, "content_hash": source.content_hash,
             "input_size": source.input_size, "resize": source.resize, "version": CACHE_VERSION}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,13 +3,20 @@
 Formats (see `open_source`):
 - official CIFAR-10 python batches: a `cifar-10-batches-py/` folder (or a folder holding it),
   or the `cifar-10-python.tar.gz` archive (read in place, nothing extracted);
+- official CIFAR-100 python files: a `cifar-100-python/` folder (`train`, `test`, `meta`) or
+  the `cifar-100-python.tar.gz` archive; each image has a fine label (100 classes, the
+  default) and a coarse one (its 20 superclasses, `labels="coarse"`), read by name from
+  `fine_labels`/`coarse_labels` and `meta`'s `fine_label_names`/`coarse_label_names`, so one
+  set can never pass for the other (a loader yielding the 20 coarse classes has fooled
+  published CIFAR-100 results);
 - image folders, as a directory or a `.zip`: `<split>/<class>/<image>` with split in
   `train`/`test`, or `<class>/<image>` (all training); one wrapper folder on top is skipped;
 - `.npz`: training images in `x`/`y` (or `x_train`/`y_train`), test images in `x_test`/`y_test`,
   optional class names in `classes`; `x` is uint8 N,H,W,3 (or N,H,W / N,H,W,1 for gray).
 
 Every split is read only when asked for, so a source holding just a test split evaluates fine.
-Images come out as uint8 NHWC arrays of `input_size` squared; other sizes are an error
+Images come out as uint8 NHWC arrays of `input_size` squared (by default the images' own size:
+32 for CIFAR, the first training image's for folders and .npz); other sizes are an error
 unless `resize` says how to bring them there.
 """
 
@@ -57,13 +64,17 @@ except ImportError:  # numpy 1.26
     from numpy.core import multiarray as _np_multiarray
 
 Resize = Literal["stretch", "center-crop"]
+LabelSet = Literal["fine", "coarse"]
+Download = Literal["cifar10", "cifar100"]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
-_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-_CIFAR_FILES = {"train": _TRAIN_BATCHES, "test": ("test_batch",)}
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+CIFAR100_FOLDER = "cifar-100-python"
+CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
 
 SPLITS = ("train", "test")
 
@@ -115,11 +126,24 @@ class Source(ABC):
     """A dataset on disk. Construction is cheap; splits are listed and decoded on demand."""
 
     format: str
+    # Which of the dataset's label sets the labels are (CIFAR-100: fine or coarse); None where
+    # it has one. Part of the cache key, so the two sets never share cached arrays.
+    label_set: LabelSet | None = None
 
-    def __init__(self, path: Path, *, resize: Resize | None, input_size: int) -> None:
+    def __init__(self, path: Path, *, resize: Resize | None, input_size: int | None) -> None:
         self.path = path
         self.resize = resize
-        self.input_size = input_size
+        self._input_size = input_size
+
+    @functools.cached_property
+    def input_size(self) -> int:
+        """Side of the images `load` returns: the one asked for, else the images' own."""
+        return self._input_size if self._input_size is not None else self.native_size
+
+    @property
+    @abstractmethod
+    def native_size(self) -> int:
+        """Side of the dataset's own (square) images."""
 
     @functools.cached_property
     def content_hash(self) -> str:
@@ -181,20 +205,35 @@ def _fit_image(image: Image.Image, name: str, size: int, resize: Resize | None) 
     return np.asarray(image)
 
 
-def decode_image(data: bytes, name: str, size: int, resize: Resize | None,
-                 where: str | None = None) -> np.ndarray:
-    """One encoded image (any format Pillow reads) as uint8 (size, size, 3), fitted by the
-    `resize` rule; a BudgetnetError naming `name` (in `where`) when it cannot be."""
+@contextlib.contextmanager
+def _opened_image(data: bytes, name: str, where: str | None) -> Iterator[Image.Image]:
+    """`data` opened by Pillow; what it cannot open or decode inside the block becomes a
+    BudgetnetError naming `name` (in `where`)."""
     full = f"{name} in {where}" if where else name
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return _fit_image(image, name, size, resize)
+            yield image
     except UnidentifiedImageError:
         raise BudgetnetError(f"{full} is not an image (in no format Pillow reads); remove or "
                              f"replace the file.") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise BudgetnetError(f"cannot decode image {full} ({exc}); remove or replace the "
                              f"file.") from None
+
+
+def decode_image(data: bytes, name: str, size: int, resize: Resize | None,
+                 where: str | None = None) -> np.ndarray:
+    """One encoded image (any format Pillow reads) as uint8 (size, size, 3), fitted by the
+    `resize` rule; a BudgetnetError naming `name` (in `where`) when it cannot be."""
+    with _opened_image(data, name, where) as image:
+        return _fit_image(image, name, size, resize)
+
+
+def _square_side(width: int, height: int, what: str) -> int:
+    if width != height:
+        raise BudgetnetError(f"{what} is {width}x{height} and not square, so it cannot set the input size; pass "
+                             f"--input-size N with --resize stretch or center-crop to bring the images to N x N.")
+    return width
 
 
 def _decode_images(items: list[tuple[str, bytes]], size: int, resize: Resize | None,
@@ -240,41 +279,91 @@ class _RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001 - the pure-Python
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name}") from None
 
 
-def _unpickle(data: bytes, name: str) -> dict:
+def _unpickle(data: bytes, name: str, kind: str) -> dict:
     try:
         # latin1: Python 2 pickles (the official files) keep numpy buffers as bytes, keys as str.
         obj = _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
     except Exception as exc:  # any failure means the file is not a readable CIFAR batch
-        raise BudgetnetError(f"cannot read CIFAR-10 batch {name}: {exc}; the file is corrupt "
-                             f"or not a CIFAR-10 python batch.") from None
+        raise BudgetnetError(f"cannot read {kind} file {name}: {exc}; the file is corrupt "
+                             f"or not a {kind} python file.") from None
     if not isinstance(obj, dict):
-        raise BudgetnetError(f"{name} is not a CIFAR-10 python batch (expected a dict).")
+        raise BudgetnetError(f"{name} is not a {kind} python file (expected a dict).")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
-def _parse_batch(data: bytes, name: str) -> ImageArrays:
-    batch = _unpickle(data, name)
-    x, y = batch.get("data"), batch.get("labels")
+@dataclass(frozen=True)
+class _CifarKind:
+    """Where CIFAR-10 and CIFAR-100 differ: names of the folder, archive and files, and the
+    keys their labels and class names are stored under."""
+
+    name: str
+    key: str  # in format names: cifar10, cifar100
+    folder: str
+    archive: str
+    files: dict[str, tuple[str, ...]]
+    listing: str  # the files, for messages
+    meta: str
+    url: str
+    md5: str
+
+    def label_keys(self, label_set: LabelSet | None) -> tuple[str, str]:
+        """The batch key of the labels and the meta key of their names."""
+        if label_set is None:
+            return "labels", "label_names"
+        return f"{label_set}_labels", f"{label_set}_label_names"
+
+
+CIFAR10 = _CifarKind("CIFAR-10", "cifar10", CIFAR10_FOLDER, CIFAR10_ARCHIVE,
+                     {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
+                     "data_batch_1..5 or test_batch", "batches.meta", CIFAR10_URL, CIFAR10_MD5)
+CIFAR100 = _CifarKind("CIFAR-100", "cifar100", CIFAR100_FOLDER, CIFAR100_ARCHIVE,
+                      {"train": ("train",), "test": ("test",)}, "train or test", "meta", CIFAR100_URL, CIFAR100_MD5)
+CIFAR_KINDS = {"cifar10": CIFAR10, "cifar100": CIFAR100}
+
+
+def _parse_batch(data: bytes, name: str, kind: _CifarKind, label_key: str) -> ImageArrays:
+    batch = _unpickle(data, name, kind.name)
+    x, y = batch.get("data"), batch.get(label_key)
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 \
             or y is None or len(y) != len(x):
-        raise BudgetnetError(f"{name} is not a CIFAR-10 python batch (expected uint8 'data' of "
-                             f"shape (N, 3072) and N 'labels').")
+        raise BudgetnetError(f"{name} is not a {kind.name} python file (expected uint8 'data' of "
+                             f"shape (N, 3072) and N {label_key!r}).")
     return ImageArrays(x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(y, np.int64))
 
 
-def _parse_meta(data: bytes, name: str) -> list[str]:
-    names = _unpickle(data, name).get("label_names")
+def _parse_meta(data: bytes, name: str, kind: _CifarKind, names_key: str) -> list[str]:
+    names = _unpickle(data, name, kind.name).get(names_key)
     if not isinstance(names, list) or not names:
-        raise BudgetnetError(f"{name} has no 'label_names'; it is not CIFAR-10's batches.meta.")
+        raise BudgetnetError(f"{name} has no {names_key!r}; it is not {kind.name}'s {kind.meta}.")
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
 class _CifarSource(Source):
     """Shared logic of the extracted folder and the archive: only how bytes are read differs."""
 
-    def __init__(self, path: Path, *, resize: Resize | None, input_size: int) -> None:
+    def __init__(self, path: Path, *, resize: Resize | None, input_size: int | None,
+                 labels: LabelSet | None) -> None:
         super().__init__(path, resize=resize, input_size=input_size)
+        self._labels = labels
         self._parsed: dict[str, ImageArrays] = {}  # labels() then load() unpickle once
+
+    @property
+    @abstractmethod
+    def kind(self) -> _CifarKind:
+        """CIFAR-10 or CIFAR-100."""
+
+    @property
+    def label_set(self) -> LabelSet | None:  # type: ignore[override]
+        if self.kind is CIFAR10:
+            if self._labels is not None:
+                raise BudgetnetError(f"--labels {self._labels} chooses between CIFAR-100's fine and coarse "
+                                     f"labels, but {self.path} is CIFAR-10, which has one set; drop --labels.")
+            return None
+        return self._labels or "fine"
+
+    @property
+    def native_size(self) -> int:
+        return 32
 
     @abstractmethod
     def _members(self) -> set[str]:
@@ -286,40 +375,43 @@ class _CifarSource(Source):
 
     @functools.cached_property
     def splits(self) -> tuple[str, ...]:
-        present = self._members()
+        present, kind = self._members(), self.kind
         found = []
-        for split, files in _CIFAR_FILES.items():
+        for split, files in kind.files.items():
             missing = [f for f in files if f not in present]
             if len(missing) < len(files):  # partially there: an interrupted copy or download
                 if missing:
                     raise BudgetnetError(f"{self.path} lacks {', '.join(missing)}; copy or "
-                                         f"download the complete CIFAR-10 python version.")
+                                         f"download the complete {kind.name} python version.")
                 found.append(split)
         if not found:
-            raise BudgetnetError(f"{self.path} holds no CIFAR-10 batches (data_batch_1..5 or "
-                                 f"test_batch).")
-        if "batches.meta" not in present:
-            raise BudgetnetError(f"{self.path} lacks batches.meta (the class names); copy the "
-                                 f"complete CIFAR-10 python version.")
+            raise BudgetnetError(f"{self.path} holds no {kind.name} batches ({kind.listing}).")
+        if kind.meta not in present:
+            raise BudgetnetError(f"{self.path} lacks {kind.meta} (the class names); copy the "
+                                 f"complete {kind.name} python version.")
         return tuple(found)
 
     @functools.cached_property
     def classes(self) -> list[str]:
         self.splits  # noqa: B018 - validates the layout first, for the clearer error
-        return _parse_meta(self._read(["batches.meta"])[0], f"{self.path}/batches.meta")
+        kind = self.kind
+        names_key = kind.label_keys(self.label_set)[1]
+        return _parse_meta(self._read([kind.meta])[0], f"{self.path}/{kind.meta}", kind, names_key)
 
     def _batches(self, split: str) -> ImageArrays:
         if split in self._parsed:
             return self._parsed[split]
         self._check_split(split)
-        files = _CIFAR_FILES[split]
-        parts = [_parse_batch(d, f"{self.path}/{f}") for f, d in zip(files, self._read(files))]
+        kind = self.kind
+        files = kind.files[split]
+        label_key = kind.label_keys(self.label_set)[0]
+        parts = [_parse_batch(d, f"{self.path}/{f}", kind, label_key) for f, d in zip(files, self._read(files))]
         y = np.concatenate([p.y for p in parts])
         if len(y) == 0:
             raise BudgetnetError(f"the {split} split of {self.path} is empty.")
         if y.min() < 0 or y.max() >= len(self.classes):
-            raise BudgetnetError(f"{self.path}: {split} labels fall outside the "
-                                 f"{len(self.classes)} classes of batches.meta.")
+            raise BudgetnetError(f"{self.path}: {split} {label_key} fall outside the "
+                                 f"{len(self.classes)} classes of {kind.meta}.")
         self._parsed[split] = ImageArrays(np.concatenate([p.x for p in parts]), y)
         return self._parsed[split]
 
@@ -333,7 +425,15 @@ class _CifarSource(Source):
 
 
 class CifarFolderSource(_CifarSource):
-    format = "cifar10-python"
+    def __init__(self, path: Path, kind: _CifarKind, *, resize: Resize | None, input_size: int | None,
+                 labels: LabelSet | None) -> None:
+        super().__init__(path, resize=resize, input_size=input_size, labels=labels)
+        self._kind = kind
+        self.format = f"{kind.key}-python"
+
+    @property
+    def kind(self) -> _CifarKind:
+        return self._kind
 
     @functools.cached_property
     def content_hash(self) -> str:
@@ -354,24 +454,40 @@ _ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplemented
 
 
 class CifarArchiveSource(_CifarSource):
-    format = "cifar10-python-archive"
+    """The official .tar.gz, read in place; CIFAR-10 or CIFAR-100 by the folder it holds."""
 
     @functools.cached_property
-    def _member_paths(self) -> dict[str, str]:
-        """Base name -> archive member name; one pass over the (gzip, so sequential) archive."""
-        out = {}
+    def _member_paths(self) -> dict[str, dict[str, str]]:
+        """Folder -> base name -> archive member name, for the CIFAR folders in the archive;
+        one pass over the (gzip, so sequential) archive."""
+        out: dict[str, dict[str, str]] = {}
+        folders = {k.folder for k in CIFAR_KINDS.values()}
         try:  # a damaged archive fails here, member by member, not only when it is opened
             with self._open() as tar:
                 for member in tar:
                     _check_member_name(member.name, self.path)
-                    if member.isfile() and PurePosixPath(member.name).parent.name == CIFAR10_FOLDER:
-                        out[PurePosixPath(member.name).name] = member.name
+                    path = PurePosixPath(member.name)
+                    if member.isfile() and path.parent.name in folders:
+                        out.setdefault(path.parent.name, {})[path.name] = member.name
         except _ARCHIVE_ERRORS as exc:
             raise BudgetnetError(f"cannot read archive {self.path}: {exc}; download it again.") from None
         return out
 
+    @functools.cached_property
+    def kind(self) -> _CifarKind:
+        found = [k for k in CIFAR_KINDS.values() if k.folder in self._member_paths]
+        if len(found) != 1:
+            has = "both" if found else "neither"
+            raise BudgetnetError(f"{self.path} holds {has} of {CIFAR10_FOLDER}/ and {CIFAR100_FOLDER}/; "
+                                 f"pass the official CIFAR-10 or CIFAR-100 python archive.")
+        return found[0]
+
+    @property
+    def format(self) -> str:  # type: ignore[override]
+        return f"{self.kind.key}-python-archive"
+
     def _members(self) -> set[str]:
-        return set(self._member_paths)
+        return set(self._member_paths[self.kind.folder])
 
     def _open(self) -> tarfile.TarFile:
         try:
@@ -381,7 +497,8 @@ class CifarArchiveSource(_CifarSource):
                 from None
 
     def _read(self, names: Sequence[str]) -> list[bytes]:
-        wanted = {self._member_paths[n]: n for n in names}
+        members = self._member_paths[self.kind.folder]
+        wanted = {members[n]: n for n in names}
         found: dict[str, bytes] = {}
         try:
             with self._open() as tar:  # one sequential pass; seeking back in gzip re-decompresses
@@ -522,6 +639,13 @@ class _ImageFolderBase(Source):
         self._check_split(split)
         return np.array([label for _, label in self._layout.members[split]], np.int64)
 
+    @functools.cached_property
+    def native_size(self) -> int:
+        """The side of the first image of the first split (the others must match or be resized)."""
+        name = self._layout.members[self.splits[0]][0][0]
+        with _opened_image(self._read(name), name, str(self.path)) as image:
+            return _square_side(*image.size, f"{self.path}: the first image {name}")
+
     def load(self, split: str, indices: np.ndarray | None = None) -> ImageArrays:
         self._check_split(split)
         members = self._layout.members[split]
@@ -626,6 +750,10 @@ _NPZ_KEYS = {"train": (("x", "y"), ("x_train", "y_train")), "test": (("x_test", 
 class NpzSource(Source):
     format = "npz"
 
+    def __init__(self, path: Path, *, resize: Resize | None, input_size: int | None) -> None:
+        super().__init__(path, resize=resize, input_size=input_size)
+        self._arrays: dict[str, np.ndarray] = {}
+
     @functools.cached_property
     def _npz(self) -> np.lib.npyio.NpzFile:
         try:
@@ -658,6 +786,23 @@ class NpzSource(Source):
         top = max(int(self.labels(s).max(initial=-1)) for s in self.splits)
         return [str(i) for i in range(top + 1)]
 
+    def _images(self, split: str) -> np.ndarray:
+        """The split's images, checked to be uint8 (N, H, W), (N, H, W, 1) or (N, H, W, 3);
+        read once (the image size and `load` both need them)."""
+        if split not in self._arrays:
+            x_key = self._keys(split)[0]
+            x = self._get(x_key)
+            if x.dtype != np.uint8 or not (x.ndim == 3 or (x.ndim == 4 and x.shape[3] in (1, 3))):
+                raise BudgetnetError(f"{self.path}: {x_key!r} must be uint8 of shape (N, H, W, 3), "
+                                     f"(N, H, W, 1) or (N, H, W); got {x.dtype} {x.shape}.")
+            self._arrays[split] = x
+        return self._arrays[split]
+
+    @functools.cached_property
+    def native_size(self) -> int:
+        height, width = self._images(self.splits[0]).shape[1:3]
+        return _square_side(width, height, f"{self.path}: each image of {self._keys(self.splits[0])[0]!r}")
+
     def labels(self, split: str) -> np.ndarray:
         self._check_split(split)
         x_key, y_key = self._keys(split)
@@ -673,10 +818,7 @@ class NpzSource(Source):
     def load(self, split: str, indices: np.ndarray | None = None) -> ImageArrays:
         y = self.labels(split)
         x_key = self._keys(split)[0]
-        x = self._get(x_key)
-        if x.dtype != np.uint8 or not (x.ndim == 3 or (x.ndim == 4 and x.shape[3] in (1, 3))):
-            raise BudgetnetError(f"{self.path}: {x_key!r} must be uint8 of shape (N, H, W, 3), "
-                                 f"(N, H, W, 1) or (N, H, W); got {x.dtype} {x.shape}.")
+        x = self._images(split)
         if len(x) != len(y):
             raise BudgetnetError(f"{self.path}: {x_key!r} has {len(x)} images but the labels "
                                  f"number {len(y)}.")
@@ -696,24 +838,27 @@ class NpzSource(Source):
 
 # ------------------------------------------------------------------------------- download
 
-def download_cifar10(dest: Path, *, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> Path:
-    """Fetch, verify and safely extract the CIFAR-10 python archive into `dest`.
+def download_cifar(dest: Path, kind: _CifarKind = CIFAR10, *, url: str | None = None,
+                   md5: str | None = None) -> Path:
+    """Fetch, verify (MD5) and safely extract the CIFAR-10 or CIFAR-100 python archive into
+    `dest` (from `url`, checked against `md5`; by default the official ones).
 
-    Returns `dest/cifar-10-batches-py`. Does nothing if that folder exists. The archive goes to a
-    temporary file first and the folder appears by one rename, so an interrupted run leaves
-    nothing that looks complete.
+    Returns the extracted folder (`dest/cifar-10-batches-py` or `dest/cifar-100-python`). Does
+    nothing if that folder exists. The archive goes to a temporary file first and the folder
+    appears by one rename, so an interrupted run leaves nothing that looks complete.
     """
-    target = dest / CIFAR10_FOLDER
+    url, md5 = url or kind.url, md5 or kind.md5
+    target = dest / kind.folder
     if target.is_dir():
         return target
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
-        archive = Path(tmp) / CIFAR10_ARCHIVE
+        archive = Path(tmp) / kind.archive
         digest = hashlib.md5(usedforsecurity=False)  # an integrity check, allowed under FIPS
         try:
             with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as out:
                 total = response.headers.get("Content-Length")
-                with _progress("downloading CIFAR-10", int(total) if total else None,
+                with _progress(f"downloading {kind.name}", int(total) if total else None,
                                download=True) as advance:
                     while chunk := response.read(1 << 20):
                         out.write(chunk)
@@ -725,28 +870,28 @@ def download_cifar10(dest: Path, *, url: str = CIFAR10_URL, md5: str = CIFAR10_M
                 from None
         if digest.hexdigest() != md5:
             raise BudgetnetError(f"the file downloaded from {url} has MD5 {digest.hexdigest()}, "
-                                 f"expected {md5}; it is corrupt or not CIFAR-10, retry later.")
-        _extract_cifar(archive, Path(tmp))
-        os.replace(Path(tmp) / CIFAR10_FOLDER, target)
+                                 f"expected {md5}; it is corrupt or not {kind.name}, retry later.")
+        _extract_cifar(archive, Path(tmp), kind)
+        os.replace(Path(tmp) / kind.folder, target)
     return target
 
 
-def _extract_cifar(archive: Path, dest: Path) -> None:
+def _extract_cifar(archive: Path, dest: Path, kind: _CifarKind) -> None:
     try:
         with tarfile.open(archive, "r:gz") as tar:
             members = tar.getmembers()
             for member in members:
                 _check_member_name(member.name, archive)
             wanted = [m for m in members if m.isfile()
-                      and PurePosixPath(m.name).parent.as_posix() == CIFAR10_FOLDER]
+                      and PurePosixPath(m.name).parent.as_posix() == kind.folder]
             # Names are checked and only regular files picked above; where Python has it,
             # filter="data" refuses unsafe paths, links and modes once more.
             safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(dest, members=wanted, **safe)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise BudgetnetError(f"cannot extract {archive}: {exc}.") from None
-    if not (dest / CIFAR10_FOLDER).is_dir():
-        raise BudgetnetError(f"{archive} has no {CIFAR10_FOLDER}/ folder; it is not CIFAR-10.")
+    if not (dest / kind.folder).is_dir():
+        raise BudgetnetError(f"{archive} has no {kind.folder}/ folder; it is not {kind.name}.")
 
 
 # ------------------------------------------------------------------------------ dispatching
@@ -755,42 +900,70 @@ def open_source(
     path: str | Path,
     *,
     resize: Resize | None = None,
-    input_size: int = 32,
-    download: bool = False,
-    url: str = CIFAR10_URL,
-    md5: str = CIFAR10_MD5,
+    input_size: int | None = None,
+    labels: LabelSet | None = None,
+    download: bool | Download = False,
+    url: str | None = None,
+    md5: str | None = None,
 ) -> Source:
     """Open the dataset at `path`; the format follows from what `path` is (see module doc).
 
-    With `download`, a `path` that is not yet a dataset is the folder to fetch CIFAR-10 into
-    (from `url`, checked against `md5`); an existing dataset is used as is.
+    `input_size` None keeps the images' own size. `labels` picks CIFAR-100's fine (default)
+    or coarse labels; any other dataset has one set, and naming one is an error. With
+    `download` (True: CIFAR-10, or ``"cifar10"``/``"cifar100"``), a `path` that does not yet
+    hold that dataset is the folder to fetch it into (from `url`, checked against `md5`; by
+    default the official ones); an existing dataset is used as is.
     """
     path = Path(path).expanduser()
-    if download and not path.is_file() and not _is_cifar_folder(path) \
-            and not (path / CIFAR10_FOLDER).is_dir() and not (path / CIFAR10_ARCHIVE).is_file():
-        path = download_cifar10(path, url=url, md5=md5)
+    wanted = CIFAR_KINDS["cifar10" if download is True else download] if download else None
+    if wanted is not None and not path.is_file() and _cifar_folder_kind(path) is not wanted \
+            and not (path / wanted.folder).is_dir() and not (path / wanted.archive).is_file():
+        path = download_cifar(path, wanted, url=url, md5=md5)
     if not path.exists():
         raise BudgetnetError(f"{path} does not exist; pass --data with a dataset path, or "
-                             f"--download to fetch CIFAR-10.")
+                             f"--download to fetch CIFAR-10 (--download-cifar100: CIFAR-100).")
+    source = _dispatch(path, wanted, resize=resize, input_size=input_size, labels=labels)
+    if labels is not None and not isinstance(source, _CifarSource):
+        raise BudgetnetError(f"--labels {labels} chooses between CIFAR-100's fine and coarse labels, but "
+                             f"{path} is a {source.format} dataset with one set of labels; drop --labels.")
+    source.label_set  # noqa: B018 - a CIFAR-10 source refuses --labels here, before any reading
+    return source
+
+
+def _dispatch(path: Path, wanted: _CifarKind | None, *, resize: Resize | None, input_size: int | None,
+              labels: LabelSet | None) -> Source:
     kw = {"resize": resize, "input_size": input_size}
+    cifar = {**kw, "labels": labels}
     if path.is_dir():
-        if _is_cifar_folder(path):
-            return CifarFolderSource(path, **kw)
-        if (path / CIFAR10_FOLDER).is_dir():  # the parent folder, as torchvision's `root`
-            return CifarFolderSource(path / CIFAR10_FOLDER, **kw)
-        if (path / CIFAR10_ARCHIVE).is_file():
-            return CifarArchiveSource(path / CIFAR10_ARCHIVE, **kw)
-        return ImageDirSource(path, **kw)
+        if (kind := _cifar_folder_kind(path)) is not None:
+            return CifarFolderSource(path, kind, **cifar)
+        # The parent folder, as torchvision's `root`, holding a CIFAR folder or archive; with
+        # both, the one being downloaded, or CIFAR-100 when --labels asks for its label sets.
+        held = [k for k in CIFAR_KINDS.values() if (path / k.folder).is_dir() or (path / k.archive).is_file()]
+        prefer = wanted or (CIFAR100 if labels is not None else None)
+        if prefer in held:
+            held = [prefer]
+        if len(held) > 1:
+            raise BudgetnetError(f"{path} holds both CIFAR-10 and CIFAR-100; point --data at "
+                                 f"{path / CIFAR10_FOLDER} or {path / CIFAR100_FOLDER}.")
+        if not held:
+            return ImageDirSource(path, **kw)
+        kind = held[0]
+        if (path / kind.folder).is_dir():
+            return CifarFolderSource(path / kind.folder, kind, **cifar)
+        return CifarArchiveSource(path / kind.archive, **cifar)
     name = path.name.lower()
     if name.endswith(".zip"):
         return ImageZipSource(path, **kw)
     if name.endswith((".tar.gz", ".tgz")):
-        return CifarArchiveSource(path, **kw)
+        return CifarArchiveSource(path, **cifar)
     if name.endswith(".npz"):
         return NpzSource(path, **kw)
     raise BudgetnetError(f"{path} is not a dataset budgetnet reads; use a folder, a .zip of "
-                         f"image folders, a CIFAR-10 python .tar.gz or an .npz.")
+                         f"image folders, a CIFAR-10 or CIFAR-100 python .tar.gz or an .npz.")
 
 
-def _is_cifar_folder(path: Path) -> bool:
-    return any((path / f).is_file() for files in _CIFAR_FILES.values() for f in files)
+def _cifar_folder_kind(path: Path) -> _CifarKind | None:
+    """CIFAR-10 or CIFAR-100 when `path` is such a folder (one of its batch files is there)."""
+    return next((k for k in CIFAR_KINDS.values()
+                 if any((path / f).is_file() for files in k.files.values() for f in files)), None)

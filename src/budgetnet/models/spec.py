@@ -89,6 +89,10 @@ class ResNetSpec(BaseModel):
     activation: Activation = "relu"
     classes: Width = 10
     input_size: Width = 32
+    design_size: Width | None = Field(
+        None, description="input side the derived strides are designed for; at another input_size the "
+        "first layer's stride scales with it (see layer_strides)",
+    )
     in_channels: Width = 3
 
     @property
@@ -104,10 +108,18 @@ class ResNetSpec(BaseModel):
         """Explicit strides, else 1 for the first residual layer and 2 elsewhere.
 
         A conv_pool layer defaults to 2 even in first place: its whole point is the pool.
+        With ``design_size``, the first derived stride is multiplied by the power of two
+        nearest ``input_size / design_size`` (never below 1), so every later layer sees the
+        feature maps it was designed for: speedrun_2m (design 32) pools 4x in its first layer
+        at 64x64 and 1x at 16x16, ending on its 3x3 map at all three sizes.
         """
         if self.strides is not None:
             return list(self.strides)
-        return [1 if i == 0 and kind == "residual" else 2 for i, kind in enumerate(self.layer_kinds)]
+        strides = [1 if i == 0 and kind == "residual" else 2 for i, kind in enumerate(self.layer_kinds)]
+        if self.design_size is not None:
+            scale = 2.0 ** round(math.log2(self.input_size / self.design_size))
+            strides[0] = max(1, round(strides[0] * scale))
+        return strides
 
     @property
     def kernels(self) -> list[int]:
@@ -153,6 +165,8 @@ class ResNetSpec(BaseModel):
                 "stage_kinds": self.layer_kinds,
                 "block_kernels": self.kernels,
                 "stem_width": self.stem_channels,
+                # Explicit strides no longer scale; a spec without a design size was designed as is.
+                "design_size": self.design_size if self.design_size is not None else self.input_size,
             }
         )
 
@@ -236,3 +250,22 @@ def validate_spec(fields: Mapping[str, Any], section: str | None = "model") -> R
         return ResNetSpec.model_validate(dict(fields))
     except ValidationError as exc:
         raise BudgetnetError(f"invalid model spec: {format_validation_error(exc, section)}") from None
+
+
+def match_data(fields: Mapping[str, Any], classes: int, input_size: int, data_name: str) -> dict[str, Any]:
+    """Spec `fields` with ``classes`` and ``input_size`` taken from the data (`classes`
+    classes of `input_size`-pixel images) where they are not set; a one-line `BudgetnetError`
+    where they are set to something else, since that model could not train on that data."""
+    out = dict(fields)
+    if out.setdefault("classes", classes) != classes:
+        raise BudgetnetError(
+            f"model.classes is {out['classes']} but {data_name} has {classes} classes; leave model.classes out "
+            f"(it follows the data) or make it {classes}"
+        )
+    if out.setdefault("input_size", input_size) != input_size:
+        raise BudgetnetError(
+            f"model.input_size is {out['input_size']} but the images of {data_name} are {input_size}x{input_size} "
+            "(data.input_size, else their own size); leave model.input_size out (it follows the data) or make the "
+            "two equal"
+        )
+    return out

@@ -314,12 +314,15 @@ for _preset in (
 
 # budgetnet's own presets: the fast default (ResNet-9 / airbench-style stages, pooling before
 # BN so BN and ReLU touch 4x fewer elements) and its widest sibling under 5M for long runs.
+# All four are designed at 32x32 (`design_size`): at another input size the first stage pools
+# by as much more (or less), so the later stages, the head and the parameter count stay as
+# designed and the FLOPs grow only in the first stage.
 register_preset(
     Preset(
         "flagship",
         ResNetSpec(
             blocks=[1, 0, 1], channels=[64, 128, 256], stage_kinds=["conv_pool"] * 3,
-            stem_width=32, head_scale=0.125,
+            stem_width=32, head_scale=0.125, design_size=32,
         ),
         "budgetnet (after Page's ResNet-9 and airbench)",
         notes="The default of `budgetnet train`: a residual ResNet-9-style net sized for "
@@ -331,7 +334,7 @@ register_preset(
         "flagship_long",
         ResNetSpec(
             blocks=[1, 1, 1], channels=[128, 256, 352], stage_kinds=["conv_pool"] * 3,
-            stem_width=64, head_scale=0.125,
+            stem_width=64, head_scale=0.125, design_size=32,
         ),
         "budgetnet (after Page's ResNet-9 and airbench)",
         notes="The flagship's shape widened and deepened to just under 5M, for the long recipe.",
@@ -343,7 +346,7 @@ register_preset(
 _SPEEDRUN = dict(
     blocks=[1, 1, 1], stage_kinds=["conv_pool"] * 3, block="plain", stem="whiten", activation="gelu",
     conv_init="dirac", bn_momentum=0.4, bn_eps=1e-12, bn_frozen_scale=True, pool_op="max",
-    head_bias=False, head_scale=1 / 9,
+    head_bias=False, head_scale=1 / 9, design_size=32,
 )
 register_preset(
     Preset(

@@ -33,12 +33,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from budgetnet.config import RunConfig, dump_config
+from budgetnet.config import RunConfig, dump_config, fit_to_data
 from budgetnet.data import BatchAugment, DeviceLoader, prepare_data
 from budgetnet.errors import BudgetnetError
 from budgetnet.evaluate import evaluate_loader
 from budgetnet.files import LOCK_NAME, DirLock, atomic_write_bytes, write_json
 from budgetnet.models import build_model, count_params
+from budgetnet.models.budget import over_limits
 from budgetnet.runtime import autocast_dtype, compile_model, use_channels_last
 from budgetnet.shape_planner import ShapePlan, measure_step_seconds, plan_shape
 from budgetnet.train.bookkeeping import EpochBooks, SignalGuard
@@ -115,12 +116,8 @@ def train(
 
 
 def _check_budget(cfg: RunConfig) -> None:
-    params = count_params(cfg.model)
-    if params > cfg.budget and not cfg.allow_over_budget:
-        raise BudgetnetError(
-            f"model has {params:,} trainable parameters, over the budget of {cfg.budget:,}; "
-            "shrink it (budgetnet fit) or pass --allow-over-budget"
-        )
+    if not cfg.allow_over_budget and (reason := over_limits(cfg.model, cfg.limits)) is not None:
+        raise BudgetnetError(f"the model {reason}; shrink it (budgetnet fit) or pass --allow-over-budget")
 
 
 class _Trainer:
@@ -128,6 +125,7 @@ class _Trainer:
         self, cfg: RunConfig, run_dir: Path, ranks: Ranks, quiet: bool,
         on_epoch_end: Callable[[dict[str, float]], None] | None,
     ) -> None:
+        cfg = fit_to_data(cfg)  # the model's classes and input size follow the data, then the limits apply
         self.run_dir, self.ranks, self.quiet, self.on_epoch_end = run_dir, ranks, quiet, on_epoch_end
         tc = cfg.train
         if tc.shape_table is None:

@@ -48,8 +48,9 @@ class Planner:
                 raise BudgetnetError(f"progressive size {stage.size} is larger than the input size "
                                      f"{cfg.model.input_size}; stages train on downscaled images")
         self.flops_per_image = summarize(cfg.model, cfg.budget).flops
+        # Resolved first: a smaller image goes through the strides built at full size.
         self.stage_flops = {
-            s.size: summarize(cfg.model.model_copy(update={"input_size": s.size}), cfg.budget).flops
+            s.size: summarize(cfg.model.resolved().model_copy(update={"input_size": s.size}), cfg.budget).flops
             for s in cfg.train.progressive
         }
 
