@@ -128,7 +128,7 @@ class _Trainer:
         cfg = fit_to_data(cfg)  # the model's classes and input size follow the data, then the limits apply
         self.run_dir, self.ranks, self.quiet, self.on_epoch_end = run_dir, ranks, quiet, on_epoch_end
         tc = cfg.train
-        if tc.shape_table is None:
+        if tc.shape_table is None or tc.time_budget_s is None:  # else the planner picks within the limits
             _check_budget(cfg)
         if tc.batch_size % ranks.world_size:
             raise BudgetnetError(f"batch size {tc.batch_size} does not split evenly among {ranks.world_size} "
