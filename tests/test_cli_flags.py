@@ -41,6 +41,11 @@ def core(t: Any) -> Any:
     return t
 
 
+def union_members(t: Any) -> tuple[Any, ...]:
+    """The kinds a union field takes (a flag may set one of them: ``bool | Download``); () otherwise."""
+    return typing.get_args(t) if typing.get_origin(t) is Union else ()
+
+
 def choices(t: Any) -> tuple[Any, ...]:
     """The values of a Literal field (or a list of them); () for any other type."""
     if typing.get_origin(t) is list:
@@ -76,8 +81,16 @@ def schema_field(path: str) -> tuple[Any, Any, bool] | None:
     assert all(core(f.annotation) == core(annotation) for f in fields), f"{path} differs between kinds"
     before = any(d.info.mode == "before" and key in d.info.fields
                  for o in owners for d in o.__pydantic_decorators__.field_validators.values())
-    parses_itself = any(isinstance(m, BeforeValidator) for m in fields[0].metadata)
+    parses_itself = any(isinstance(m, BeforeValidator) for m in fields[0].metadata) or own_parser(annotation)
     return annotation, fields[0].get_default(call_default_factory=True), before or parses_itself
+
+
+def own_parser(t: Any) -> bool:
+    """Whether `t`, or a member of it (``Flops | None``), is `Annotated` with a before-validator."""
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin is Annotated:
+        return any(isinstance(m, BeforeValidator) for m in t.__metadata__)
+    return origin in (Union, types.UnionType) and any(own_parser(a) for a in args)
 
 
 def problems(name: str, annotation: Any, default: Any) -> list[str]:
@@ -100,7 +113,7 @@ def problems(name: str, annotation: Any, default: Any) -> list[str]:
         if values and flag_type in (str, list[str]):
             found += [f"{name}: its help does not name {v!r}, a choice of {path}" for v in values
                       if str(v) not in (option.help or "")]
-        elif flag_type != field_type and not (flag_type is str and reads_text):
+        elif flag_type != field_type and flag_type not in union_members(field_type) and not (flag_type is str and reads_text):
             found.append(f"{name}: the flag is {flag_type}, {path} is {field_type}")
         if default is False:  # a switch: given, it must change the field
             turned = marker.parse(True) if marker.parse is not None else True

@@ -123,3 +123,11 @@ def test_shipped_tables_fit_the_default_budget_and_the_flagship_names_one() -> N
         for shape in table.shapes:
             spec = base.model.model_copy(update=shape.model)
             assert count_params(spec) <= 5_000_000, shape.name
+
+
+def test_a_shape_table_without_a_time_budget_trains_the_named_model_within_the_budget(tmp_path: Path, data: Path) -> None:
+    table = write_table(tmp_path / "table.yaml", [NARROW, WIDE])
+    cfg = tiny_run_config(data, train={"shape_table": str(table)})
+    over = cfg.model_copy(update={"budget": count_params(cfg.model) - 1})
+    with pytest.raises(BudgetnetError, match="budget"):
+        engine.train(over, tmp_path / "run", quiet=True)

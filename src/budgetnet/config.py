@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from budgetnet.data import AugmentConfig, DataConfig, DataShape, data_shape
 from budgetnet.errors import BudgetnetError
 from budgetnet.models import Budget, ResNetSpec, format_validation_error, get_preset, load_model_section
-from budgetnet.models.limits import BytesLimit, FlopsLimit, Limits
+from budgetnet.models.limits import ByteSize, Flops, Limits
 from budgetnet.models.spec import match_data, validate_spec
 from budgetnet.train.callbacks import EarlyStoppingConfig
 from budgetnet.train.optim import OptimConfig, SGDConfig
@@ -133,8 +133,8 @@ class RunConfig(BaseModel):
 
     name: str = Field("run", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
     budget: Budget = 5_000_000
-    max_flops: FlopsLimit = Field(None, description="forward FLOPs per image at most (300M, 1.5G)")
-    max_bytes: BytesLimit = Field(None, description="stored weight bytes at most (2MB, 1.5MiB): fp32, or int8 "
+    max_flops: Flops | None = Field(None, description="forward FLOPs per image at most (300M, 1.5G)")
+    max_bytes: ByteSize | None = Field(None, description="stored weight bytes at most (2MB, 1.5MiB): fp32, or int8 "
                                                          "with int8_bytes")
     int8_bytes: bool = Field(False, description="max_bytes counts the weights as the int8 export stores them")
     max_latency_ms: float | None = Field(None, gt=0, allow_inf_nan=False,

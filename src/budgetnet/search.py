@@ -63,7 +63,7 @@ from budgetnet.models import (
     summarize,
 )
 from budgetnet.models.budget import over_limits
-from budgetnet.models.limits import BytesLimit, FlopsLimit
+from budgetnet.models.limits import ByteSize, Flops
 from budgetnet.models.spec import BOTTLENECK_EXPANSION, validate_spec
 from budgetnet.plots import pyplot
 from budgetnet.search_workers import (
@@ -190,8 +190,8 @@ class SearchSpace(BaseModel):
         "flagship recipe",
     )
     budget: Budget | None = None
-    max_flops: FlopsLimit = None
-    max_bytes: BytesLimit = None
+    max_flops: Flops | None = None
+    max_bytes: ByteSize | None = None
     int8_bytes: bool | None = None
     max_latency_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
     latency_batch: int | None = Field(None, ge=1, le=4096)

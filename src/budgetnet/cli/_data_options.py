@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from budgetnet.cli._flags import Sets, flag_overrides
+from budgetnet.errors import BudgetnetError
 
 PANEL = "Data"
 
@@ -26,7 +27,7 @@ DownloadOpt = Annotated[bool, typer.Option(
                                               "not there yet (default folder: the cache)."), Sets("data.download")]
 DownloadCifar100Opt = Annotated[bool, typer.Option(
     "--download-cifar100", rich_help_panel=PANEL, help="Fetch CIFAR-100 (python version) the same way."),
-    Sets("data.download", also={"data.download_dataset": "cifar100"})]
+    Sets(also={"data.download": "cifar100"})]
 LabelsOpt = Annotated[Literal["fine", "coarse"] | None, typer.Option(
     "--labels", rich_help_panel=PANEL, help="CIFAR-100's labels: fine (100 classes) or coarse (its 20 "
                                             "superclasses) [default: fine]; other datasets have one set."),
@@ -36,7 +37,8 @@ ResizeOpt = Annotated[Literal["stretch", "center-crop"] | None, typer.Option(
                                             "they are an error."), Sets("data.resize")]
 InputSizeOpt = Annotated[int | None, typer.Option(
     "--input-size", min=1, rich_help_panel=PANEL, help="Image side length the model takes [default: the images' "
-                                                       "own]."), Sets("data.input_size")]
+                                                       "own]."),
+    Sets("data.input_size")]
 ValSizeOpt = Annotated[int | None, typer.Option(
     "--val-size", min=0, rich_help_panel=PANEL, help="Stratified validation images carved from train; 0 trains on "
                                                      "everything [default: 5000]."), Sets("data.val_size")]
@@ -71,5 +73,12 @@ def data_overrides(
     download_cifar100: bool = False,
 ) -> dict[str, Any]:
     """The `DataConfig` fields set by the options above; options not given are left out."""
+    check_downloads(download, download_cifar100)
     given = locals()  # exactly the parameters, named as in DATA_FLAGS
     return flag_overrides(DATA_FLAGS, given).get("data", {})
+
+
+def check_downloads(download: bool | None, download_cifar100: bool | None) -> None:
+    """Both download flags name a dataset to fetch: one of them at most."""
+    if download and download_cifar100:
+        raise BudgetnetError("give --download (CIFAR-10) or --download-cifar100, not both")

@@ -52,7 +52,7 @@ def info(
     present = ()
     if cfg.path is not None:  # with no path, prepare_data downloads (or says what is missing)
         present = open_source(cfg.path, resize=cfg.resize, input_size=cfg.input_size,
-                              labels=cfg.labels, download=cfg.download and cfg.download_dataset).splits
+                              labels=cfg.labels, download=cfg.download).splits
     wanted = (("train", "val") if "train" in present or not present else ()) + \
         (("test",) if "test" in present else ())
     prepared = prepare_data(cfg, "cpu", splits=wanted)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from budgetnet.cli._app import app
-from budgetnet.cli._budget_options import BudgetOption, limit_flags, limits_from_cli
+from budgetnet.cli._budget_options import limit_flags, limits_from_cli
 from budgetnet.cli._data_options import LabelsOpt
 from budgetnet.cli._flags import GroupedHelp
 from budgetnet.cli._model_options import (
@@ -33,9 +33,8 @@ if TYPE_CHECKING:
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 DataOption = Annotated[
     str | None,
-    typer.Option("--data", metavar="PATH", rich_help_panel="Data",
-                 help="Take the classes and input size from this dataset (any format `budgetnet train` reads), "
-                      "where no flag sets them."),
+    typer.Option("--data", metavar="PATH", rich_help_panel="Data", help="Take the classes and input size from this dataset (any format "
+                                                "`budgetnet train` reads), where no flag sets them."),
 ]
 
 
@@ -86,12 +85,11 @@ def _with_data(fields: dict[str, Any], data: str | None, labels: str | None) -> 
 @limit_flags
 def summary(
     model: dict[str, Any],
-    limits: dict[str, Any],
+    limit_values: dict[str, Any],
     preset: PresetOption = None,
     config: ConfigOption = None,
     data: DataOption = None,
     labels: LabelsOpt = None,
-    budget: BudgetOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Per-layer table, trainable params, FLOPs per image, stored size and the fit to every limit."""
@@ -101,7 +99,7 @@ def summary(
     spec = spec_from_cli(preset, config, model)
     if data is not None or labels is not None:
         spec = validate_spec(_with_data(spec.model_dump(exclude_unset=True), data, labels))
-    result = summarize(spec, limits_from_cli(config, budget, limits))
+    result = summarize(spec, limits_from_cli(limit_values, config))
     if as_json:
         _echo_json(result.to_dict())
         return
@@ -129,14 +127,14 @@ def summary(
 
 @app.command(cls=GroupedHelp)
 @limit_flags
-def zoo(limits: dict[str, Any], budget: BudgetOption = None, as_json: JsonOption = False) -> None:
+def zoo(limit_values: dict[str, Any], as_json: JsonOption = False) -> None:
     """Every preset: what it really counts vs what its report claims, and its fit to every limit."""
     from budgetnet.models import list_presets, summarize
 
-    given = limits_from_cli(None, budget, limits)
+    limits = limits_from_cli(limit_values)
     entries = []
     for preset in list_presets():
-        result = summarize(preset.spec, given)
+        result = summarize(preset.spec, limits)
         claimed = preset.claimed_params
         entries.append(
             {
@@ -144,7 +142,7 @@ def zoo(limits: dict[str, Any], budget: BudgetOption = None, as_json: JsonOption
                 "aliases": list(preset.aliases),
                 "params": result.params,
                 "flops": result.flops,
-                "bytes": result.bytes[given.bytes_precision],
+                "bytes": result.bytes[limits.bytes_precision],
                 "latency_ms": result.latency_ms,
                 "within_budget": result.within_budget,
                 "within_limits": result.within_limits,
@@ -158,12 +156,12 @@ def zoo(limits: dict[str, Any], budget: BudgetOption = None, as_json: JsonOption
             }
         )
     if as_json:
-        _echo_json({"budget": given.params, "limits": given.to_dict(), "presets": entries})
+        _echo_json({"budget": limits.params, "limits": limits.to_dict(), "presets": entries})
         return
-    timed = given.latency_ms is not None
-    table = Table(title=f"Preset zoo ({_limits_title(given)})")
+    timed = limits.latency_ms is not None
+    table = Table(title=f"Preset zoo ({_limits_title(limits)})")
     columns = [("Preset", "left"), ("Params", "right"), ("FLOPs", "right"),
-               (f"{given.bytes_precision} bytes", "right"), *([("ms/img", "right")] if timed else []),
+               (f"{limits.bytes_precision} bytes", "right"), *([("ms/img", "right")] if timed else []),
                ("Fits", "center"), ("Claimed", "right"), ("Diff", "right"), ("Acc %", "right"), ("Epochs", "right"),
                ("Source", "left")]
     for name, justify in columns:
@@ -216,7 +214,7 @@ def _floats(flag: str, text: str | None) -> list[float] | None:
 @limit_flags
 def fit(
     model: dict[str, Any],
-    limits: dict[str, Any],
+    limit_values: dict[str, Any],
     preset: PresetOption = None,
     config: ConfigOption = None,
     width_ratios: Annotated[
@@ -228,7 +226,6 @@ def fit(
     multiple: Annotated[int, typer.Option("--multiple", help="Round every width to a multiple of this.")] = 1,
     data: DataOption = None,
     labels: LabelsOpt = None,
-    budget: BudgetOption = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write the spec here as YAML (for --config).")] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -240,11 +237,10 @@ def fit(
         raise BudgetnetError(f"--mode {mode!r} must be width or depth")
     # --blocks/--channels go to the fit itself: in depth mode --blocks is the starting depth.
     shape = model_overrides({key: model.pop(key) for key in ("blocks", "channels")})
-    base = model_fields_from_cli(preset, config, model)
-    base = _with_data(base, data, labels)
-    given = limits_from_cli(config, budget, limits)
+    base = _with_data(model_fields_from_cli(preset, config, model), data, labels)
+    limits = limits_from_cli(limit_values, config)
     spec = fit_to_budget(
-        given,
+        limits,
         mode=mode,  # type: ignore[arg-type]
         blocks=shape.get("blocks"),
         width_ratios=_floats("--width-ratios", width_ratios),
@@ -252,7 +248,7 @@ def fit(
         multiple=multiple,
         base=base,
     ).resolved()
-    checks = check_limits(spec, given)
+    checks = check_limits(spec, limits)
     params = int(checks[0].value)
     text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
     if out is not None:
@@ -265,9 +261,9 @@ def fit(
         _echo_json(
             {
                 "mode": mode,
-                "budget": given.params,
+                "budget": limits.params,
                 "params": params,
-                "within_budget": params <= given.params,
+                "within_budget": params <= limits.params,
                 "limits": [check.to_dict() for check in checks],
                 "spec": spec.model_dump(mode="json"),
                 "out": None if out is None else str(out),
@@ -275,8 +271,8 @@ def fit(
         )
         return
     what = "widest" if mode == "width" else "deepest"
-    typer.echo(f"# {what} network within {_limits_title(given)}: {params:,} parameters "
-               f"({given.params - params:,} to spare)")
+    typer.echo(f"# {what} network within {_limits_title(limits)}: {params:,} parameters "
+               f"({limits.params - params:,} to spare)")
     for check in checks[1:]:
         typer.echo(f"# {_limit_line(check)}")
     if out is not None:

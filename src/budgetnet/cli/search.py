@@ -31,9 +31,8 @@ StudyOpt = Annotated[str | None, typer.Option("--study", help="Study name [defau
 @limit_flags
 def search(
     ctx: typer.Context,
-    limits: dict[str, Any],
+    limit_values: dict[str, Any],
     space: Annotated[Path | None, typer.Option("--space", help="Space file (YAML); see configs/search/.")] = None,
-    budget: Annotated[str | None, typer.Option("--budget", help="Parameter budget, e.g. 5M [default: the space file's].")] = None,
     trials: Annotated[int | None, typer.Option("--trials", min=1, help="Finished trials the study should hold; trials already in it count.")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Epochs per trial (the most a pruner lets one run).")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes on this machine, sharing the study and this machine's threads.")] = 1,
@@ -55,8 +54,8 @@ def search(
     verbose: Annotated[bool, typer.Option("--verbose", help="Optuna's log and every trial's epoch lines.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary JSON instead of the table.")] = False,
 ) -> None:
-    """Search models and training settings for the most accurate network under a budget and any
-    other limits (`budgetnet search report` writes the report of a search's study)."""
+    """Search models and training settings for the most accurate network under a budget and
+    any other limits (`budgetnet search report` writes the report of a search's study)."""
     if ctx.invoked_subcommand is not None:
         return
     if space is None:
@@ -69,8 +68,8 @@ def search(
     try:
         result = run_search(
             spec, out=out or Path("searches") / name, trials=trials, storage=storage, study_name=name,
-            sampler=sampler, pruner=pruner, budget=budget, epochs=epochs, timeout=timeout, seed=seed,
-            limits=limit_overrides(limits),
+            sampler=sampler, pruner=pruner, epochs=epochs, timeout=timeout, seed=seed,
+            limits=limit_overrides(limit_values),
             data_overrides=data_overrides(data, download, val_size=val_size, subset=subset, labels=labels),
             log=log, workers=workers, **({} if heartbeat is None else {"heartbeat": heartbeat}),
             quiet=json_out, verbose=verbose,

@@ -10,6 +10,7 @@ import typer
 
 from budgetnet.cli._app import app
 from budgetnet.cli._budget_options import LIMIT_FLAGS
+from budgetnet.cli._budget_options import PANEL as LIMITS
 from budgetnet.cli._data_options import (
     DataPathOpt,
     DownloadCifar100Opt,
@@ -20,6 +21,7 @@ from budgetnet.cli._data_options import (
     SplitSeedOpt,
     SubsetOpt,
     ValSizeOpt,
+    check_downloads,
 )
 from budgetnet.cli._eval_options import BatchSizeOpt, DeviceOpt, JsonOpt, SplitOpt, TtaOpt, check_split
 from budgetnet.cli._flags import GroupedHelp, Sets, command_flags, flag, flag_overrides, with_flags
@@ -35,7 +37,7 @@ RUN, TRAINING, OPTIMIZER, OUTPUT = "Run", "Training", "Optimizer and schedule", 
 
 @app.command(cls=GroupedHelp)
 @model_flags
-@with_flags(LIMIT_FLAGS)  # their values reach config_overrides through the context
+@with_flags(LIMIT_FLAGS)  # read from the context, as every train flag
 def train(
     ctx: typer.Context,
     model: dict[str, Any],
@@ -47,9 +49,9 @@ def train(
                                           "GPU, or CPU processes sharing the cores; --batch-size is the global "
                                           "batch. For several machines run torchrun yourself (README).") = None,
     name: flag("--name", str, RUN, Sets("name"), "Run name, used in the directory name.") = None,
-    budget: flag("--budget", str, RUN, Sets("budget"), "Parameter budget, e.g. 5M.") = None,
-    allow_over_budget: Annotated[bool, typer.Option("--allow-over-budget", help="Train even if over budget.",
-                                                    rich_help_panel=RUN), Sets("allow_over_budget")] = False,
+    allow_over_budget: Annotated[bool, typer.Option("--allow-over-budget", rich_help_panel=LIMITS,
+                                                    help="Train even if over the budget or another limit."),
+                                 Sets("allow_over_budget")] = False,
     set_values: Annotated[list[str] | None, typer.Option(
         "--set", rich_help_panel=RUN, help="Any config field, e.g. --set optim.muon_lr=0.3 --set train.tta=final "
                                            "(YAML value); repeatable, applied last.")] = None,
@@ -148,6 +150,7 @@ def config_overrides(values: dict[str, Any]) -> dict[str, Any]:
     """The run-config overrides that the train command's options `values` (by parameter name,
     as in its context) set: each flag's `Sets` marker, then `--set`; options not given are
     left out."""
+    check_downloads(values.get("download"), values.get("download_cifar100"))
     overrides = flag_overrides(command_flags(train), values)
     model = overrides.get("model", {})
     if "preset" not in model and {"blocks", "channels"} <= model.keys():
@@ -184,8 +187,7 @@ def options_config(p: dict[str, Any]) -> RunConfig:
 
     cfg = load_config(p["config"], config_overrides(p), recipe=p["recipe"])
     if cfg.data.path is None and not cfg.data.download:
-        raise BudgetnetError("no data: pass --data PATH (or --download to fetch CIFAR-10, --download-cifar100 for "
-                             "CIFAR-100)")
+        raise BudgetnetError("no data: pass --data PATH (or --download to fetch CIFAR-10)")
     return cfg
 
 

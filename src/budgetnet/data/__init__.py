@@ -52,8 +52,8 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = Field(None, description="dataset path; None with download: the cache")
-    download: bool = Field(False, description="fetch `download_dataset` into `path` if it is not there")
-    download_dataset: Download = Field("cifar10", description="what download fetches: cifar10 or cifar100")
+    download: bool | Download = Field(False, description="fetch a dataset into `path` if it is not there: "
+                                                         "true or cifar10 for CIFAR-10, cifar100 for CIFAR-100")
     labels: LabelSet | None = Field(None, description="CIFAR-100's label set: fine (100 classes, the "
                                                       "default) or coarse (its 20 superclasses)")
     resize: Resize | None = Field(None, description="how to fit images of another size")
@@ -205,7 +205,7 @@ def _open(cfg: DataConfig) -> Source:
                              "CIFAR-10 (--download-cifar100: CIFAR-100).")
     path = cfg.path if cfg.path is not None else _cache_dir(cfg) / "datasets"
     return open_source(path, resize=cfg.resize, input_size=cfg.input_size, labels=cfg.labels,
-                       download=cfg.download and cfg.download_dataset)
+                       download=cfg.download)
 
 
 def _to_device(arrays: ImageArrays, idx: np.ndarray | None, device: torch.device) -> Split:

@@ -117,9 +117,9 @@ def quantity_validator(parse: Callable[[Any], int]) -> BeforeValidator:
     return BeforeValidator(validate)
 
 
-# Config fields that take a limit (or None: no limit) in any form the parsers above read.
-FlopsLimit = Annotated[int | None, quantity_validator(parse_flops)]
-BytesLimit = Annotated[int | None, quantity_validator(parse_bytes)]
+# Config fields that take a limit in any form the parsers above read.
+Flops = Annotated[int, quantity_validator(parse_flops)]
+ByteSize = Annotated[int, quantity_validator(parse_bytes)]
 
 
 @dataclass(frozen=True)

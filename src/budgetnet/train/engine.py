@@ -128,8 +128,8 @@ class _Trainer:
         cfg = fit_to_data(cfg)  # the model's classes and input size follow the data, then the limits apply
         self.run_dir, self.ranks, self.quiet, self.on_epoch_end = run_dir, ranks, quiet, on_epoch_end
         tc = cfg.train
-        if tc.shape_table is None:
-            _check_budget(cfg)
+        if tc.shape_table is None or tc.time_budget_s is None:  # else the planner picks within the limits
+            ranks.from_main(lambda: _check_budget(cfg))  # a latency limit is timed: one rank's verdict for all
         if tc.batch_size % ranks.world_size:
             raise BudgetnetError(f"batch size {tc.batch_size} does not split evenly among {ranks.world_size} "
                                  f"processes; choose a multiple of {ranks.world_size}")
