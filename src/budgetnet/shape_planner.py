@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from budgetnet.config import RunConfig, build_config, deep_merge, require_increasing
 from budgetnet.errors import BudgetnetError
-from budgetnet.models import build_model, count_params, format_validation_error, summarize
+from budgetnet.models import build_model, format_validation_error, summarize
 from budgetnet.models.budget import over_limits
 from budgetnet.models.zoo import model_mapping
 from budgetnet.runtime import autocast_dtype, use_channels_last
@@ -191,11 +191,11 @@ def plan_shape(
         candidate_cfg = build_config(deep_merge(base, {"model": model}), source=f"shape {shape.name}")
         if not cfg.allow_over_budget and over_limits(candidate_cfg.model, cfg.limits) is not None:
             continue
-        params = count_params(candidate_cfg.model)
+        cost = summarize(candidate_cfg.model)
         seconds = step_seconds(candidate_cfg, device)
         epochs = _HEADROOM * tc.time_budget_s / seconds / steps_per_epoch
         candidate = ShapeCandidate(
-            shape.name, params, summarize(candidate_cfg.model).flops, seconds, epochs,
+            shape.name, cost.params, cost.flops, seconds, epochs,
             expected_accuracy(shape.points, epochs, chance),
         )
         candidates.append((candidate, candidate_cfg))
