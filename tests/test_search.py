@@ -240,6 +240,10 @@ def test_a_study_keeps_its_budget(tmp_path, search_data, capsys) -> None:
     assert run_cli(capsys, *args)[0] == 0
     code, _, err = run_cli(capsys, *args, "--budget", "30k")
     assert code == 2 and "budget of 20,000, not 30,000" in err
+    for more, says in ((["--max-flops", "50M"], "flops = None, not 50000000"),
+                       (["--max-latency-ms", "5"], "latency_ms = None, not 5.0")):
+        code, _, err = run_cli(capsys, *args, "--trials", "2", *more)
+        assert code == 2 and says in err and err.count("\n") <= 1, err
 
 
 def test_choices_encode_replace_merge_and_dotted_keys() -> None:

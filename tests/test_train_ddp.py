@@ -13,8 +13,10 @@ resuming with another count is a one-line error.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+from contextlib import redirect_stderr
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,8 +50,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         env.setenv("BUDGETNET_CACHE", str(root / "cache"))
         data = write_noisy_npz(root / "noisy.npz", 300, seed=0)
         (root / "config.yaml").write_text(dump_config(ddp_config(data)))
-        assert main(["train", "--config", str(root / "config.yaml"), "--out", str(root / "ddp"), "--nproc", "2",
-                     "--quiet"]) == 0
+        with redirect_stderr(io.StringIO()) as relayed:  # the launcher relays the ranks' stderr to sys.stderr
+            assert main(["train", "--config", str(root / "config.yaml"), "--out", str(root / "ddp"), "--nproc", "2",
+                         "--quiet"]) == 0
+        (root / "ddp.stderr").write_text(relayed.getvalue())
         yield root
 
 
@@ -81,6 +85,11 @@ def test_two_processes_train_what_one_process_trains(runs: Path, tmp_path: Path)
             assert float(row[key]) == pytest.approx(float(same[key]), rel=1e-4), (key, row, same)
     # 60 validation images: within 3 of them of one process with the whole batch.
     assert abs(s["final_val_acc"] - w["final_val_acc"]) <= 3 / 60 + 1e-9
+
+
+def test_rank_0_alone_reports_progress(runs: Path) -> None:
+    relayed = (runs / "ddp.stderr").read_text().splitlines()
+    assert [line.split("  ")[0] for line in relayed if line.startswith("epoch")] == ["epoch 1/2", "epoch 2/2"], relayed
 
 
 def test_its_checkpoints_evaluate_in_one_process(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -134,3 +143,25 @@ def test_resuming_with_another_process_count_is_one_line(runs: Path, capfd: pyte
         assert err.count("\n") == 0 and f"{ddp} was trained by 2 processes" in err, err
         assert f"cannot resume with {3 if more else 1}; resume it with --nproc 2" in err, err
     assert {p.name: p.stat().st_mtime_ns for p in ddp.iterdir() if p.name in before} == before
+
+
+def test_an_error_inside_the_ranks_is_one_line(runs: Path, tmp_path: Path,
+                                               capfd: pytest.CaptureFixture[str]) -> None:
+    """The ranks check the limits (the launcher does not): their error is one line, exit 2, with
+    neither torchrun's failure report nor a run folder left behind."""
+    capfd.readouterr()
+    out = tmp_path / "over"
+    assert main(["train", "--config", str(runs / "config.yaml"), "--out", str(out), "--nproc", "2",
+                 "--max-flops", "1000", "--quiet"]) == 2
+    err = capfd.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("budgetnet: error: ") and "FLOPs" in err, err
+    assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # as one process leaves it
+
+
+def test_missing_data_fails_before_the_ranks_start(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    capfd.readouterr()
+    assert main(["train", "--data", str(tmp_path / "absent.zip"), "--out", str(tmp_path / "run"),
+                 "--nproc", "2"]) == 2
+    err = capfd.readouterr().err.strip()
+    assert err.count("\n") == 0 and "absent.zip" in err and "torchrun" not in err, err
+    assert not (tmp_path / "run").exists()

@@ -503,7 +503,7 @@ def run_search(
         space, base, shape, store, study_name, sampler, grid, seed if seed is not None else space.seed, total, pruner,
         # Searched epochs vary per trial, so Hyperband then learns its top rung from the trials.
         "auto" if "train.epochs" in space.params else base_cfg.train.epochs,
-        base_cfg.budget, timeout, quiet, verbose,
+        base_cfg.limits.to_dict(), timeout, quiet, verbose,
     )
     study = worker.open_study()
     if workers == 1:
@@ -584,7 +584,7 @@ class _Worker:
     total: int
     pruner: str
     max_epochs: int | str
-    budget: int
+    limits: dict[str, Any]  # Limits.to_dict(): a study keeps the limits it started with
     timeout: float | None
     quiet: bool
     verbose: bool
@@ -593,7 +593,7 @@ class _Worker:
     def open_study(self) -> optuna.Study:
         return _open_study(
             self.store, self.study_name, _make_sampler(self.sampler, self.grid, self.seed, self.total),
-            _make_pruner(self.pruner, self.max_epochs), self.budget, self.space.enqueue,
+            _make_pruner(self.pruner, self.max_epochs), self.limits, self.space.enqueue,
         )
 
     def run(self, study: optuna.Study) -> None:
@@ -627,7 +627,7 @@ def _check_workers(codes: list[int], study: optuna.Study, total: int, out: Path)
 
 def _open_study(
     store: StudyStore, name: str, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
-    budget: int, enqueue: list[dict[str, Any]],
+    limits: dict[str, Any], enqueue: list[dict[str, Any]],
 ) -> optuna.Study:
     trials_dir = store.out / "trials"
     leftovers = trials_dir.is_dir() and any(trials_dir.iterdir())  # before counting: see below
@@ -639,16 +639,23 @@ def _open_study(
                 load_if_exists=True,
             )
             if "budget" not in study.user_attrs:  # a new study
-                study.set_user_attr("budget", budget)
+                study.set_user_attr("budget", limits["params"])
+                study.set_user_attr("limits", limits)
                 for params in enqueue:
                     study.enqueue_trial(params, user_attrs={"enqueued": True})
     except (ImportError, ValueError, OSError, sqlalchemy.exc.SQLAlchemyError) as exc:
         raise BudgetnetError(f"cannot open study {name!r} in {store.label}: {exc}") from None
-    if study.user_attrs["budget"] != budget:
+    if study.user_attrs["budget"] != limits["params"]:
         raise BudgetnetError(
-            f"study {name!r} searches under a budget of {study.user_attrs['budget']:,}, not {budget:,}; "
+            f"study {name!r} searches under a budget of {study.user_attrs['budget']:,}, not {limits['params']:,}; "
             "use another --study or --out for a new budget"
         )
+    # Trials judged under other limits would rank networks that this search rejects, or miss some.
+    saved = study.user_attrs.get("limits", limits)
+    for key, value in limits.items():
+        if saved.get(key, value) != value:
+            raise BudgetnetError(f"study {name!r} searches under {key} = {saved[key]}, not {value}; "
+                                 "use another --study or --out for other limits")
     # A trial directory exists only after its trial does, so trial dirs here with no trials in
     # the study mean another study's leftovers, whose numbers would clash with this one's.
     if leftovers and not study.get_trials(deepcopy=False):

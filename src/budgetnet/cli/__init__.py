@@ -13,6 +13,7 @@ import sys
 import typer
 
 from budgetnet.cli._app import app
+from budgetnet.cli._launch import note_rank_error
 from budgetnet.errors import BudgetnetError, one_line
 
 # Imported for their `@app.command()` registrations, so `app` is complete; in the order
@@ -38,11 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         # interrupted training) or of a Ctrl-C (KeyboardInterrupt -> 130) instead of raising it.
         code = app(args=argv, standalone_mode=False)
     except BudgetnetError as exc:
-        print(f"budgetnet: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+        return _user_error(one_line(exc))
     except typer.TyperException as exc:  # usage errors: unknown option, bad value, missing arg
-        print(f"budgetnet: error: {one_line(exc.format_message())}", file=sys.stderr)
-        return 2
+        return _user_error(one_line(exc.format_message()))
     except typer.Abort:
         print("budgetnet: aborted", file=sys.stderr)
         return 130
@@ -52,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         print("budgetnet: interrupted", file=sys.stderr)
         return 130
     return code if isinstance(code, int) else 0
+
+
+def _user_error(message: str) -> int:
+    note_rank_error(message)  # a rank of `train --nproc N`: its launcher prints it instead
+    print(f"budgetnet: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -94,18 +94,20 @@ def plot_curves(path: Path, rows: list[dict[str, float]]) -> None:
 
 @dataclass
 class ProgressReporter:
-    """A live Rich bar on a terminal; one plain line per epoch otherwise (or with quiet)."""
+    """A live Rich bar on a terminal; one plain line per epoch otherwise (or with quiet);
+    nothing when `silent` (the ranks but rank 0 of a data-parallel run)."""
 
     epochs: int
     steps_per_epoch: int
     quiet: bool = False
+    silent: bool = False
     console: Console = field(default_factory=lambda: Console(stderr=True))
     _progress: Progress | None = None
     _task: Any = None
 
     @property
     def live(self) -> bool:
-        return not self.quiet and sys.stderr.isatty()
+        return not (self.quiet or self.silent) and sys.stderr.isatty()
 
     def start_epoch(self, epoch: int) -> None:
         if not self.live:
@@ -133,7 +135,7 @@ class ProgressReporter:
             line += f"  {row['train_pflop']:.4f} PFLOP"
         if self._progress is not None:
             self._progress.update(self._task, completed=self.steps_per_epoch, stats=line.split("  ", 1)[1])
-        else:
+        elif not self.silent:
             print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:

@@ -345,7 +345,8 @@ class _Trainer:
             self.ranks.copy_from_main(self.model)
         if not p.planned_steps:  # a resumed run keeps its plan
             planner.plan(self._time_steps)
-        reporter = ProgressReporter(planner.planned_epochs, len(self.loader), quiet=self.quiet)
+        reporter = ProgressReporter(planner.planned_epochs, len(self.loader), quiet=self.quiet,
+                                    silent=not self.ranks.is_main)
         with SignalGuard() as guard:
             books = EpochBooks(self.cfg.train, p, planner, self.checkpointer, reporter, guard, len(self.loader),
                                self.ranks)
