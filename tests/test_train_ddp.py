@@ -16,8 +16,8 @@ from __future__ import annotations
 import io
 import json
 import os
-from contextlib import redirect_stderr
 from collections.abc import Iterator
+from contextlib import redirect_stderr
 from pathlib import Path
 
 import pytest
