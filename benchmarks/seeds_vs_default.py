@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from budgetnet.config import RunConfig, build_config, load_config, read_yaml_mapping
+from budgetnet.config import RunConfig, build_config, fit_to_data, load_config, read_yaml_mapping
 from budgetnet.evaluate import evaluate_checkpoint
 from budgetnet.train.engine import train
 
@@ -52,7 +52,7 @@ def reused_run(run: Path, cfg: RunConfig, pflop: float) -> Path:
     if not (run / "summary.json").is_file():
         raise SystemExit(f"--default-run {run}: not a finished run (no summary.json)")
     saved = build_config(read_yaml_mapping(run / "config.yaml"), source=str(run))
-    mine, theirs = training_of(cfg), training_of(saved)
+    mine, theirs = training_of(fit_to_data(cfg)), training_of(saved)  # as trained: at the data's size
     if differs := [k for k in mine if mine[k] != theirs[k]]:
         raise SystemExit(f"--default-run {run}: trains another {', '.join(differs)} than the default row")
     if json.loads((run / "summary.json").read_text())["train_pflop"] > pflop:
