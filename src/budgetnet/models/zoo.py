@@ -325,8 +325,8 @@ register_preset(
             stem_width=32, head_scale=0.125, design_size=32,
         ),
         "budgetnet (after Page's ResNet-9 and airbench)",
-        notes="The default of `budgetnet train`: a residual ResNet-9-style net sized for "
-        "time-to-accuracy on a 2-core CPU; see the README's results table.",
+        notes="A residual ResNet-9-style net sized for time-to-accuracy on a 2-core CPU (the "
+        "default recipe trains speedrun_2m).",
     )
 )
 register_preset(
