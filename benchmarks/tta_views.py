@@ -14,9 +14,9 @@ import statistics
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from budgetnet.data import DeviceLoader
+from budgetnet.evaluate import _shift as shifted  # the translation --tta uses
 from budgetnet.evaluate import eval_data_config, load_split, load_trained
 
 DIAGONAL = [(-1, -1), (1, 1), (-1, 1), (1, -1)]
@@ -29,12 +29,6 @@ VIEW_SETS = {
     "flip x centre + 4 diagonal 1 px": [((0, 0), 0.5), *((s, 0.125) for s in DIAGONAL)],
     "flip x centre + 8 neighbours 1 px": [((0, 0), 0.5), *((s, 0.0625) for s in DIAGONAL + SIDES)],
 }
-
-
-def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    h, w = x.shape[-2:]
-    return padded[..., 1 - dy: 1 - dy + h, 1 - dx: 1 - dx + w]
 
 
 @torch.no_grad()
