@@ -47,17 +47,19 @@ def training_of(cfg: RunConfig) -> dict[str, Any]:
     return {k: tree[k] if keys is None else {f: tree[k].get(f) for f in keys} for k, keys in TRAINING.items()}
 
 
-def reused_run(run: Path, cfg: RunConfig, pflop: float) -> Path:
-    """`run` when it is a finished training of `cfg` within `pflop`; otherwise exit naming why."""
+def reused_summary(run: Path, cfg: RunConfig, pflop: float) -> dict[str, Any]:
+    """The summary of `run` when it is a finished training of `cfg` within `pflop`; otherwise
+    exit naming why."""
     if not (run / "summary.json").is_file():
         raise SystemExit(f"--default-run {run}: not a finished run (no summary.json)")
+    summary = json.loads((run / "summary.json").read_text())
     saved = build_config(read_yaml_mapping(run / "config.yaml"), source=str(run))
     mine, theirs = training_of(fit_to_data(cfg)), training_of(saved)  # as trained: at the data's size
     if differs := [k for k in mine if mine[k] != theirs[k]]:
         raise SystemExit(f"--default-run {run}: trains another {', '.join(differs)} than the default row")
-    if json.loads((run / "summary.json").read_text())["train_pflop"] > pflop:
+    if summary["train_pflop"] > pflop:
         raise SystemExit(f"--default-run {run}: trained more than {pflop} PFLOP")
-    return run
+    return summary
 
 
 def run_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -65,8 +67,8 @@ def run_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "train": {"pflop_budget": args.pflop, "seed": args.seed, "time_budget_s": None, "tta": False}}
     cfg = load_config(overrides=over) if name == "default" else load_config(CONFIGS / f"{name}.yaml", over)
     if name == "default" and args.default_run:
-        out = reused_run(Path(args.default_run), cfg, args.pflop)
-        s = json.loads((out / "summary.json").read_text())
+        out = Path(args.default_run)
+        s = reused_summary(out, cfg, args.pflop)
     else:
         out = Path(args.runs_dir) / f"{name}-seed{args.seed}"
         s = train(cfg, out, resume=out.exists(), quiet=True).summary
