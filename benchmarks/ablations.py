@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from budgetnet.config import load_config
 from budgetnet.evaluate import evaluate_checkpoint
+from budgetnet.machine import describe_machine
 from budgetnet.train.engine import train
 
 ROWS: dict[str, dict[str, Any]] = {
@@ -108,8 +106,7 @@ def write_table(path: Path, done: list[dict[str, Any]], args: argparse.Namespace
     lines = [
         f"Proxy: {args.epochs} epochs of 10,000 training images, validation on 5,000 held out "
         "(15,000-image stratified subset of the shared zip, split seed 0). "
-        f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, cpu capability {torch.backends.cpu.get_cpu_capability()}.",
+        f"Machine: {describe_machine()}.",
         f"Command: `python benchmarks/ablations.py --epochs {args.epochs} --seeds {seeds}` (rows run so far at "
         "the number of seeds in their column; the command runs the rest, skipping what is done).",
         "",

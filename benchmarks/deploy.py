@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import platform
 import tempfile
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 
 from budgetnet.deploy import export_model, load_model, measure, require
 from budgetnet.evaluate import load_split
+from budgetnet.machine import describe_machine
 
 
 def main() -> None:
@@ -61,8 +61,7 @@ def main() -> None:
     ort = require("onnxruntime")
     print(f"\n{args.run}: {report['params']:,} params, opset {report['opset']}, weights {q['weights']} "
           f"({q['calibration']['images']} calibration images, seed {q['calibration']['seed']}); "
-          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, onnxruntime {ort.__version__}")
+          f"{describe_machine()}, onnxruntime {ort.__version__}")
 
 
 if __name__ == "__main__":

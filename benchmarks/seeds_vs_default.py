@@ -17,21 +17,19 @@ steps) within the same compute.
         [--default-run RUN] [--rows seed000,...,default]
 
 Prints one Markdown table (report, model, params, FLOPs/image, images seen, epochs, val acc
-without and with TTA, training seconds) and the machine.
+without and with TTA, training seconds, the machine each row trained on).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from budgetnet.config import RunConfig, build_config, fit_to_data, load_config, read_yaml_mapping
 from budgetnet.evaluate import evaluate_checkpoint
+from budgetnet.machine import describe_machine, machine_info
 from budgetnet.train.engine import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -69,16 +67,28 @@ def run_row(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if name == "default" and args.default_run:
         out = Path(args.default_run)
         s = reused_summary(out, cfg, args.pflop)
+        machine = trained_on(out)
     else:
         out = Path(args.runs_dir) / f"{name}-seed{args.seed}"
         s = train(cfg, out, resume=out.exists(), quiet=True).summary
+        machine = machine_info()
     accs = {tta: evaluate_checkpoint(out, data_path=args.data, split="val", tta=tta)[0].accuracy for tta in (False, True)}
     return {
         "row": name, "seed": args.seed, "model": cfg.model.model_dump(exclude_defaults=True), "params": s["params"],
         "flops": s["flops"], "images_seen": s["images_seen"], "epochs": s["images_seen"] / 45_000,
         "train_pflop": s["train_pflop"], "val_acc": accs[False], "val_acc_tta": accs[True],
-        "train_seconds": s["train_seconds"], "run_dir": str(out),
+        "train_seconds": s["train_seconds"], "machine": machine, "run_dir": str(out),
     }
+
+
+def trained_on(run: Path) -> dict[str, Any] | None:
+    """The machine a finished run trained on, from its environment.json (None where the run
+    predates the CPU model being recorded there)."""
+    env = json.loads((run / "environment.json").read_text())
+    if "cpu" not in env:
+        return None
+    return {"cpu": env["cpu"], "capability": env["cpu_capability"], "threads": env["threads"], "torch": env["torch"],
+            **({"gpu": env["gpu"]} if "gpu" in env else {})}
 
 
 def main() -> None:
@@ -104,13 +114,15 @@ def main() -> None:
             with open(out, "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
-    print(f"| report | params | FLOPs/img | images seen | epochs | val % | val % TTA | train s |  ({args.pflop} PFLOP)")
-    print("|---|---|---|---|---|---|---|---|")
+    # Seconds compare only within one machine, so each row names the machine it trained on.
+    print(f"| report | params | FLOPs/img | images seen | epochs | val % | val % TTA | train s | machine |"
+          f"  ({args.pflop} PFLOP)")
+    print("|---|---|---|---|---|---|---|---|---|")
     for d in done:
+        machine = describe_machine(d["machine"]) if d.get("machine") else "not recorded"
         print(f"| {d['row']} (seed {d['seed']}) | {d['params']:,} | {d['flops'] / 1e6:.0f} M | {d['images_seen']:,} | "
-              f"{d['epochs']:.2f} | {100 * d['val_acc']:.2f} | {100 * d['val_acc_tta']:.2f} | {d['train_seconds']:.0f} |")
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, cpu capability {torch.backends.cpu.get_cpu_capability()}")
+              f"{d['epochs']:.2f} | {100 * d['val_acc']:.2f} | {100 * d['val_acc_tta']:.2f} | "
+              f"{d['train_seconds']:.0f} | {machine} |")
 
 
 if __name__ == "__main__":

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from budgetnet.config import load_config
+from budgetnet.machine import describe_machine
 from budgetnet.shape_planner import load_shape_table
 from budgetnet.train.engine import train
 
@@ -37,16 +36,6 @@ WIDTHS: dict[str, tuple[list[int], list[int]]] = {
     "speedrun w32": ([32, 128, 128], [2, 4]),
     "speedrun w64 (speedrun_2m)": ([64, 256, 256], [8]),
 }
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return (f"{cpu}, {torch.get_num_threads()} threads, cpu capability {torch.backends.cpu.get_cpu_capability()}, "
-            f"torch {torch.__version__}")
 
 
 def trained(run_dir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +59,7 @@ def build_table(args: argparse.Namespace) -> None:
         "python benchmarks/shape_planner.py table: the default recipe (flagship) with only the "
         "model's widths changed, each width trained for each epoch count as a full schedule "
         "(seed 0, no time budget), on 45,000 images of the CIFAR-10 JPEG training split, "
-        "validated with TTA on the other 5,000 (stratified, split seed 0). Machine: " + machine()
+        "validated with TTA on the other 5,000 (stratified, split seed 0). Machine: " + describe_machine()
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +85,7 @@ def sweep(args: argparse.Namespace) -> None:
         s = planned if name == plan["choice"] else trained(root / f"w{channels[0]}", {**base, "model": {"channels": channels}})
         rows.append((name, name == plan["choice"], candidate["expected_acc"], s))
     best = max(s["final_val_acc"] for *_, s in rows)
-    print(f"Time budget {args.seconds:g} s; machine: {machine()}")
+    print(f"Time budget {args.seconds:g} s; machine: {describe_machine()}")
     print("| shape | planned | expected | val acc (TTA) | epochs | train s | params |")
     print("|---|---|---|---|---|---|---|")
     epoch_images = 45_000 // 2_000 * 2_000  # the default recipe's batch, whole batches of the 45k

@@ -18,6 +18,7 @@ import torch
 from budgetnet.data import DeviceLoader
 from budgetnet.evaluate import _shift as shifted  # the translation --tta uses
 from budgetnet.evaluate import eval_data_config, load_split, load_trained
+from budgetnet.machine import describe_machine
 
 DIAGONAL = [(-1, -1), (1, 1), (-1, 1), (1, -1)]
 SIDES = [(-1, 0), (1, 0), (0, -1), (0, 1)]
@@ -69,8 +70,7 @@ def main() -> None:
         accs = [accuracy(logits, y, views) for logits, y in per_run]
         print(f"| {name} | " + " | ".join(f"{100 * a:.2f}%" for a in accs)
               + f" | {100 * statistics.mean(accs):.2f}% | {1 if views is None else 2 * len(views)} |")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
-          f"{torch.backends.cpu.get_cpu_capability()}")
+    print(f"machine: {describe_machine()}")
 
 
 if __name__ == "__main__":

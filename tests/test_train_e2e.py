@@ -83,6 +83,8 @@ def test_train_synthetic_run_directory(tmp_path: Path, easy_npz: Path, capsys) -
 
     env = json.loads((out / "environment.json").read_text())
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["threads"] == 1
+    # The machine a run's seconds belong to: the CPU model and the ISA level torch ran at.
+    assert env["cpu"] and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
     columns, rows = read_rows(out / "metrics.csv")
     assert columns == METRIC_COLUMNS

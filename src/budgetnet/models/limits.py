@@ -38,6 +38,7 @@ from torch import nn
 from budgetnet.data.cache import default_cache_dir
 from budgetnet.errors import BudgetnetError, warn
 from budgetnet.files import write_json
+from budgetnet.machine import machine_info
 from budgetnet.models.builder import build_model
 from budgetnet.models.spec import ResNetSpec
 
@@ -162,15 +163,8 @@ def stored_bytes(model: nn.Module) -> dict[str, int]:
 
 
 def _machine() -> dict[str, Any]:
-    """What makes a latency this machine's: CPU model, ISA level torch uses, threads, torch."""
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return {"host": platform.node(), "cpu": model, "capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__}
+    """What makes a latency this machine's: the host, CPU model, ISA level, threads, torch."""
+    return {"host": platform.node(), **machine_info()}
 
 
 def _busy() -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 import budgetnet
+from budgetnet.machine import cpu_model
 
 
 def new_run_dir(root: Path, name: str) -> Path:
@@ -27,13 +28,16 @@ def new_run_dir(root: Path, name: str) -> Path:
 
 
 def environment_info(device: torch.device) -> dict[str, Any]:
-    """Versions, device and threads, and the git commit when run from a checkout."""
+    """Versions, CPU model and ISA level, device and threads, and the git commit when run from a
+    checkout."""
     info: dict[str, Any] = {
         "budgetnet": budgetnet.__version__,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "device": str(device),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
