@@ -1,6 +1,6 @@
 """What machine a figure was measured on: CPU model, the ISA level torch runs at, threads, torch
 and the GPU. Run directories, the latency cache and every benchmark name the machine this way,
-because throughput (and so seconds) differs by an order of magnitude between the CPUs budgetnet
+because throughput (and so seconds) differs several-fold between the CPUs budgetnet
 runs on (AVX2-only, AVX512-BF16, AMX) while training FLOPs do not."""
 
 from __future__ import annotations
