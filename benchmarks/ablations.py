@@ -1,35 +1,59 @@
 """Ablations of the default recipe: what each speed-run component is worth at fixed compute.
 
-Each row is the baseline with one change, given as config overrides (data, not code), trained
-on a proxy of the validation protocol: a stratified 15,000-image subset of the
-training split, 5,000 of them held out for validation (split seed 0), `--epochs` epochs of the
-other 10,000. The baseline is the default recipe with Nesterov momentum on the parameters Muon
-does not train, as the recipe had it when the first rows were measured (one row measures the
-recipe's plain momentum now). Rows print and append to `--out` (JSON lines) as they finish; a row already in
-that file is skipped, so a killed run continues where it stopped. The `no TTA` row evaluates
-the baseline's best.pt again without test-time augmentation (no training). The markdown table
-goes to `--table`.
+Each row is the baseline with one change, given as config overrides (data, not code), held to
+the baseline's training compute (rows that change the cost of a step, such as progressive
+resizing or the batch size, get the steps that compute pays for). Two protocols:
 
-    .venv/bin/python benchmarks/ablations.py [--data ZIP] [--epochs 3] [--seeds 0]
-        [--out docs/results/accuracy_per_flop/ablations.jsonl]
-        [--table docs/results/accuracy_per_flop/ablations.md]
+- `proxy` (what fits a 2-core CPU): a stratified 15,000-image subset of the training split,
+  5,000 of it held out for validation (split seed 0), `--epochs` (3) epochs of the other 10,000.
+  Its baseline is the default recipe with Nesterov momentum on the parameters Muon does not
+  train, as the recipe had it when the first rows were measured (one row measures the
+  recipe's plain momentum now).
+- `full` (the validation protocol, for a GPU or a fast CPU): 45,000 training images and 5,000
+  held out (split seed 0), the recipe's own 8 epochs, about 0.25 PFLOP a row; the baseline is
+  the default recipe as it is, and an EMA of the weights gets a row (over the proxy's 15 steps
+  it would average untrained weights).
+
+Rows print and append to `--out` (JSON lines) as they finish; a row already in that file is
+skipped, so a killed run continues where it stopped, and `--deadline-s` starts no row after
+that many seconds. The `no TTA` row evaluates the baseline's best.pt again without test-time
+augmentation (no training). The markdown table goes to `--table`.
+
+    .venv/bin/python benchmarks/ablations.py [--protocol proxy|full] [--data ZIP] [--epochs N]
+        [--seeds 0,1,2] [--deadline-s S] [--out ROWS.jsonl] [--table TABLE.md]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from budgetnet.config import load_config
+from budgetnet.config import RunConfig, load_config
 from budgetnet.evaluate import evaluate_checkpoint
 from budgetnet.machine import describe_machine
+from budgetnet.models.budget import forward_flops
 from budgetnet.train.engine import train
 
+
+@dataclass(frozen=True)
+class Protocol:
+    baseline: str  # the baseline row's name
+    data: dict[str, Any]
+    train_images: int  # images trained an epoch, before whole batches
+    epochs: int
+    base: dict[str, Any]  # overrides every row starts from
+    rows: tuple[str, ...]  # the rows of ROWS this protocol runs, after its baseline
+    describe: str
+    outputs: str  # stem of the default --out/--table files
+
+
 ROWS: dict[str, dict[str, Any]] = {
-    "baseline (speedrun_2m, Muon; Nesterov on the rest)": {},
     "3x3 conv stem (BN, 24 ch) instead of whitening": {"model": {"stem": "conv", "stem_width": 24}},
     "kaiming init instead of dirac": {"model": {"conv_init": "kaiming"}},
     "ReLU instead of GELU": {"model": {"activation": "relu"}},
@@ -37,30 +61,72 @@ ROWS: dict[str, dict[str, Any]] = {
     "Nesterov SGD lr 0.2 (wd 5e-4, no BN decay) instead of Muon": {
         "optim": {"name": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
                   "no_decay_bn_bias": True}},
-    # Same compute as the baseline (3 epochs at 32 px): the first 40% of the steps at 24 px cost
-    # 52% as much, so the PFLOP budget pays for 18 steps instead of 15 (3.6 epochs).
+    # The first 40% of the steps at 24 px cost 52% as much, so the same compute pays for about
+    # 1.2x the steps: 18 instead of 15 on the proxy, 217 instead of 176 at full size.
     "progressive resizing: 24 px for the first 40%, more steps at the same PFLOP": {
-        "train": {"epochs": 4, "pflop_budget": 3 * 236_294_720 * 30_000 / 1e15,
-                  "progressive": [{"until": 0.4, "size": 24}]}},
+        "train": {"progressive": [{"until": 0.4, "size": 24}]}, "epochs_factor": 1.25},
     "plain momentum on the non-filter parameters (the default recipe now)": {"optim": {"nesterov": False}},
+    "Nesterov momentum on the non-filter parameters": {"optim": {"nesterov": True}},
     "no label smoothing (0.2 -> 0)": {"train": {"label_smoothing": 0.0}},
     "random flip instead of alternating": {"augment": {"flip": {"mode": "random"}}},
     "translate up to 4 px instead of 2": {"augment": {"crop": {"padding": 4}}},
     "cutout 12 px": {"augment": {"cutout": {"size": 12}}},
     # Same images and PFLOP, twice the steps; the per-step learning rates and decay as they are.
     "batch 1,000 instead of 2,000": {"train": {"batch_size": 1000}},
+    "one learning rate for the head (head_lr_scale 12.64 -> 1)": {"optim": {"head_lr_scale": 1.0}},
+    "EMA of the weights, decay 0.98 a step": {"train": {"ema_decay": 0.98}},
 }
-# Not a row: an EMA of the weights (`train.ema_decay`) over the proxy's 15 steps would average
-# the early, far-from-trained weights; it needs full-length runs to say anything.
-BASELINE = next(iter(ROWS))
+_COMMON = ("3x3 conv stem (BN, 24 ch) instead of whitening", "kaiming init instead of dirac", "ReLU instead of GELU",
+           "learned BN scale, momentum 0.1", "Nesterov SGD lr 0.2 (wd 5e-4, no BN decay) instead of Muon",
+           "progressive resizing: 24 px for the first 40%, more steps at the same PFLOP")
+_AUGMENT = ("no label smoothing (0.2 -> 0)", "random flip instead of alternating", "translate up to 4 px instead of 2",
+            "cutout 12 px", "batch 1,000 instead of 2,000", "one learning rate for the head (head_lr_scale 12.64 -> 1)")
+PROTOCOLS: dict[str, Protocol] = {
+    "proxy": Protocol(
+        baseline="baseline (speedrun_2m, Muon; Nesterov on the rest)",
+        data={"subset": 15_000, "val_size": 5_000, "split_seed": 0}, train_images=10_000, epochs=3,
+        base={"optim": {"nesterov": True}},
+        rows=(*_COMMON, "plain momentum on the non-filter parameters (the default recipe now)", *_AUGMENT),
+        describe="{epochs} epochs of 10,000 training images, validation on 5,000 held out (15,000-image "
+                 "stratified subset of the shared zip, split seed 0)",
+        outputs="ablations"),
+    "full": Protocol(
+        baseline="baseline (the default recipe)",
+        data={"val_size": 5_000, "split_seed": 0}, train_images=45_000, epochs=8,
+        base={"train": {"time_budget_s": None}},
+        rows=(*_COMMON, "Nesterov momentum on the non-filter parameters", *_AUGMENT,
+              "EMA of the weights, decay 0.98 a step"),
+        describe="{epochs} epochs of 45,000 training images, validation on 5,000 held out (split seed 0)",
+        outputs="ablations-full"),
+}
 NO_TTA = "no TTA (the default run, evaluated without it)"
 
 
-def run_row(name: str, over: dict[str, Any], seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    base = {"data": {"path": args.data, "subset": 15_000, "val_size": 5_000, "split_seed": 0},
-            "optim": {"nesterov": True}, "train": {"epochs": args.epochs, "seed": seed}}
-    sections = {k: {**base.get(k, {}), **over.get(k, {})} for k in {**base, **over}}
-    cfg = load_config(overrides={"name": "ablation", **sections})
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`, section by section (a section's own keys from both)."""
+    return {k: {**base.get(k, {}), **over.get(k, {})} for k in {**base, **over}}
+
+
+def baseline_pflop(proto: Protocol, epochs: int, data: str) -> float:
+    """The baseline's training compute: 3 x forward FLOPs x the whole batches of its epochs.
+    One part in 1e9 over it, so that float rounding never costs a row with the same steps one."""
+    cfg = load_config(overrides={"name": "ablation", **merged(proto.base, {"data": {"path": data, **proto.data}})})
+    batch = cfg.train.batch_size
+    images = epochs * (proto.train_images // batch) * batch
+    return 3 * forward_flops(cfg.model) * images / 1e15 * (1 + 1e-9)
+
+
+def row_config(proto: Protocol, over: dict[str, Any], seed: int, data: str, epochs: int, pflop: float) -> RunConfig:
+    """The run config of one row: the protocol's data and base, the row's changes, the compute."""
+    over = dict(over)
+    start = {"data": {"path": data, **proto.data},
+             "train": {"epochs": math.ceil(epochs * over.pop("epochs_factor", 1)), "seed": seed,
+                       "pflop_budget": pflop}}
+    return load_config(overrides={"name": "ablation", **merged(merged(start, proto.base), over)})
+
+
+def run_row(name: str, over: dict[str, Any], seed: int, args: argparse.Namespace, pflop: float) -> dict[str, Any]:
+    cfg = row_config(PROTOCOLS[args.protocol], over, seed, args.data, args.epochs, pflop)
     result = train(cfg, runs_root=Path(args.runs_dir), quiet=True)
     s = result.summary
     return {"row": name, "seed": seed, "val_acc_tta": s["final_val_acc"], "train_pflop": s["train_pflop"],
@@ -70,25 +136,38 @@ def run_row(name: str, over: dict[str, Any], seed: int, args: argparse.Namespace
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_zip = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-train-jpg.zip"
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="proxy")
     parser.add_argument("--data", default=str(default_zip))
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, help="epochs of the baseline (proxy: 3, full: the recipe's 8)")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--deadline-s", type=float, help="start no row after this many seconds")
     parser.add_argument("--runs-dir", default="runs/ablations")
-    parser.add_argument("--out", default="docs/results/accuracy_per_flop/ablations.jsonl")
-    parser.add_argument("--table", default="docs/results/accuracy_per_flop/ablations.md")
+    parser.add_argument("--out", help="rows as JSON lines [docs/results/accuracy_per_flop/<protocol's>.jsonl]")
+    parser.add_argument("--table", help="markdown table [docs/results/accuracy_per_flop/<protocol's>.md]")
     args = parser.parse_args()
-    out = Path(args.out)
+    proto = PROTOCOLS[args.protocol]
+    args.epochs = args.epochs or proto.epochs
+    results = Path("docs/results/accuracy_per_flop")
+    out = Path(args.out or results / f"{proto.outputs}.jsonl")
+    table = Path(args.table or results / f"{proto.outputs}.md")
+    started = time.monotonic()
+    pflop = baseline_pflop(proto, args.epochs, args.data)
     done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     seen = {(d["row"], d["seed"]) for d in done}
+    rows = {proto.baseline: {}, **{name: ROWS[name] for name in proto.rows}}
     for seed in (int(s) for s in args.seeds.split(",")):
-        for name, over in ROWS.items():
+        for name, over in rows.items():
+            if args.deadline_s is not None and time.monotonic() - started > args.deadline_s:
+                print(f"ablations: deadline of {args.deadline_s:.0f} s reached; run again to continue", flush=True)
+                write_table(table, done, args)
+                return
             if (name, seed) not in seen:
-                record(out, done, run_row(name, over, seed, args))
+                record(out, done, run_row(name, over, seed, args, pflop))
         if (NO_TTA, seed) not in seen:
-            base = next(d for d in done if d["row"] == BASELINE and d["seed"] == seed)
+            base = next(d for d in done if d["row"] == proto.baseline and d["seed"] == seed)
             result, _ = evaluate_checkpoint(Path(base["run_dir"]), data_path=args.data, split="val", tta=False)
             record(out, done, {**base, "row": NO_TTA, "val_acc_tta": result.accuracy})
-    write_table(Path(args.table), done, args)
+    write_table(table, done, args)
 
 
 def record(out: Path, done: list[dict[str, Any]], row: dict[str, Any]) -> None:
@@ -100,15 +179,14 @@ def record(out: Path, done: list[dict[str, Any]], row: dict[str, Any]) -> None:
 
 
 def write_table(path: Path, done: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    proto = PROTOCOLS[args.protocol]
     names = list(dict.fromkeys(d["row"] for d in done))
     seeds = ",".join(str(s) for s in sorted({d["seed"] for d in done}))
-    base = statistics.mean(d["val_acc_tta"] for d in done if d["row"] == BASELINE)
+    base = statistics.mean(d["val_acc_tta"] for d in done if d["row"] == proto.baseline)
     lines = [
-        f"Proxy: {args.epochs} epochs of 10,000 training images, validation on 5,000 held out "
-        "(15,000-image stratified subset of the shared zip, split seed 0). "
-        f"Machine: {describe_machine()}.",
-        f"Command: `python benchmarks/ablations.py --epochs {args.epochs} --seeds {seeds}` (rows run so far at "
-        "the number of seeds in their column; the command runs the rest, skipping what is done).",
+        f"{args.protocol.capitalize()}: {proto.describe.format(epochs=args.epochs)}. Machine: {describe_machine()}.",
+        f"Command: `python benchmarks/ablations.py --protocol {args.protocol} --epochs {args.epochs} --seeds {seeds}` "
+        "(rows run so far at the number of seeds in their column; the command runs the rest, skipping what is done).",
         "",
         "| change from the baseline | seeds | val acc % (mean) | min-max | vs baseline | train PFLOP |",
         "|---|---|---|---|---|---|",

@@ -1,0 +1,64 @@
+"""The ablation benchmark's rows are valid configs held to the baseline's compute, so a typo in a
+row fails here rather than after hours of training on the machine that runs them."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from budgetnet.config import RunConfig
+from budgetnet.models.budget import forward_flops
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "ablations.py"
+_SPEC = importlib.util.spec_from_file_location("ablations", _PATH)
+assert _SPEC is not None and _SPEC.loader is not None
+ablations = importlib.util.module_from_spec(_SPEC)
+sys.modules["ablations"] = ablations
+_SPEC.loader.exec_module(ablations)
+
+DATA = "data.npz"  # configs only: nothing is read
+
+
+def steps(cfg: RunConfig, train_images: int, pflop: float) -> int:
+    """The planner's step cap (train/planner.py) for a run at full size: its epochs' whole
+    batches, or the steps its compute budget pays for."""
+    per_step = 3 * forward_flops(cfg.model) * cfg.train.batch_size / 1e15
+    return min(train_images // cfg.train.batch_size * cfg.train.epochs, int(pflop / per_step))
+
+
+@pytest.mark.parametrize("name", sorted(ablations.PROTOCOLS))
+def test_every_row_is_a_valid_config_at_the_baselines_compute(name: str) -> None:
+    proto = ablations.PROTOCOLS[name]
+    pflop = ablations.baseline_pflop(proto, proto.epochs, DATA)
+    assert set(proto.rows) <= set(ablations.ROWS)
+    for row in (None, *proto.rows):
+        cfg = ablations.row_config(proto, ablations.ROWS.get(row, {}), 0, DATA, proto.epochs, pflop)
+        assert cfg.train.pflop_budget == pflop and cfg.train.seed == 0
+        assert cfg.data.val_size == 5_000 and cfg.data.split_seed == 0
+
+
+def test_full_protocol_matches_the_default_runs_compute() -> None:
+    proto = ablations.PROTOCOLS["full"]
+    pflop = ablations.baseline_pflop(proto, proto.epochs, DATA)
+    base = ablations.row_config(proto, {}, 0, DATA, proto.epochs, pflop)
+    assert base.data.subset is None and base.train.time_budget_s is None and not base.optim.nesterov
+    # 8 epochs of 22 steps of 2,000 (45,000 images, whole batches): the default run's 0.2495 PFLOP.
+    assert steps(base, 45_000, pflop) == 176 == 8 * (45_000 // 2_000)
+    half = ablations.row_config(proto, ablations.ROWS["batch 1,000 instead of 2,000"], 0, DATA, proto.epochs, pflop)
+    assert steps(half, 45_000, pflop) == 352
+    ema = ablations.row_config(proto, ablations.ROWS["EMA of the weights, decay 0.98 a step"], 0, DATA, 8, pflop)
+    assert ema.train.ema_decay == 0.98
+
+
+def test_proxy_keeps_its_measured_rows() -> None:
+    proto = ablations.PROTOCOLS["proxy"]
+    pflop = ablations.baseline_pflop(proto, 3, DATA)
+    base = ablations.row_config(proto, {}, 1, DATA, 3, pflop)
+    assert base.data.subset == 15_000 and base.optim.nesterov
+    assert steps(base, 10_000, pflop) == 15
+    progressive = ablations.ROWS["progressive resizing: 24 px for the first 40%, more steps at the same PFLOP"]
+    cfg = ablations.row_config(proto, progressive, 1, DATA, 3, pflop)
+    assert cfg.train.epochs == 4 and cfg.train.progressive[0].size == 24
