@@ -75,12 +75,14 @@ ROWS: dict[str, dict[str, Any]] = {
     "batch 1,000 instead of 2,000": {"train": {"batch_size": 1000}},
     "one learning rate for the head (head_lr_scale 12.64 -> 1)": {"optim": {"head_lr_scale": 1.0}},
     "EMA of the weights, decay 0.98 a step": {"train": {"ema_decay": 0.98}},
+    "Lookahead, 5 steps, alpha 0.5": {"train": {"lookahead": {"steps": 5, "alpha": 0.5}}},
 }
 _COMMON = ("3x3 conv stem (BN, 24 ch) instead of whitening", "kaiming init instead of dirac", "ReLU instead of GELU",
            "learned BN scale, momentum 0.1", "Nesterov SGD lr 0.2 (wd 5e-4, no BN decay) instead of Muon",
            "progressive resizing: 24 px for the first 40%, more steps at the same PFLOP")
 _AUGMENT = ("no label smoothing (0.2 -> 0)", "random flip instead of alternating", "translate up to 4 px instead of 2",
-            "cutout 12 px", "batch 1,000 instead of 2,000", "one learning rate for the head (head_lr_scale 12.64 -> 1)")
+            "cutout 12 px", "batch 1,000 instead of 2,000", "one learning rate for the head (head_lr_scale 12.64 -> 1)",
+            "Lookahead, 5 steps, alpha 0.5")
 PROTOCOLS: dict[str, Protocol] = {
     "proxy": Protocol(
         baseline="baseline (speedrun_2m, Muon; Nesterov on the rest)",

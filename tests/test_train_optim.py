@@ -12,7 +12,7 @@ from pydantic import TypeAdapter
 from torch import nn
 
 from budgetnet.train.callbacks import EarlyStopping, EarlyStoppingConfig
-from budgetnet.train.optim import OPTIMIZER_NAMES, OptimConfig, build_optimizer
+from budgetnet.train.optim import OPTIMIZER_NAMES, LookaheadConfig, OptimConfig, build_optimizer
 from budgetnet.train.schedules import SCHEDULE_NAMES, Plateau, ScheduleConfig, lr_factor
 from budgetnet.train.tagged import kinds
 
@@ -132,6 +132,33 @@ def test_muon_steps_keep_filter_norms_and_resume_exactly() -> None:
     opt.load_state_dict(saved["opt"])
     step()
     assert all(torch.equal(after[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["sgd", "muon"])
+def test_lookahead_moves_alpha_of_the_way_every_k_steps(name: str) -> None:
+    make = speedrun_net if name == "muon" else tiny_net
+    net, plain_net = make(), make()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 3, 32, 32, generator=g)
+    y = torch.randint(0, 3, (8,), generator=g)
+    trainable = [p.detach().clone() for p in net.parameters() if p.requires_grad]
+    wrapped = build_optimizer(net, optim(name=name, lr=0.05), lookahead=LookaheadConfig(steps=3, alpha=0.25))
+    plain = build_optimizer(plain_net, optim(name=name, lr=0.05))
+    assert [g["peak_lr"] for g in wrapped.param_groups] == [g["peak_lr"] for g in plain.param_groups]
+    for k in range(3):
+        for model, opt in ((net, wrapped), (plain_net, plain)):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        if k < 2:  # between syncs the fast weights are the optimizer's own
+            assert all(torch.equal(a, b) for a, b in zip(net.parameters(), plain_net.parameters(), strict=True))
+    fast = [p for p in plain_net.parameters() if p.requires_grad]
+    synced = [p for p in net.parameters() if p.requires_grad]
+    for p, p0, pf in zip(synced, trainable, fast, strict=True):
+        torch.testing.assert_close(p, p0 + 0.25 * (pf - p0))
+    state = wrapped.state_dict()
+    grouped = [p for group in wrapped.param_groups for p in group["params"]]
+    assert state["steps"] == 3 and all(torch.equal(s, p) for s, p in zip(state["slow"], grouped, strict=True))
 
 
 def test_param_groups_exempt_bn_and_bias_from_weight_decay() -> None:

@@ -102,6 +102,16 @@ def test_resume_after_an_epoch_matches_uninterrupted(tmp_path: Path, data: Path,
     assert_same_weights(whole, cut)
 
 
+def test_resume_between_lookahead_syncs_matches_uninterrupted(tmp_path: Path, data: Path, capsys) -> None:
+    # One step an epoch: the cut falls after step 1, between the slow weights' start and their
+    # first sync at step 2, which needs them from the checkpoint.
+    whole, cut = train_whole_and_cut(tiny_config(data, lookahead={"steps": 2, "alpha": 0.5}), tmp_path)
+    assert load_checkpoint(cut / "last.pt").resume.optimizer["slow"] is not None
+    assert main(["train", "--resume", str(cut), "--quiet"]) == 0, capsys.readouterr().err
+    assert_same_history(whole, cut)
+    assert_same_weights(whole, cut)
+
+
 def test_a_checkpoint_from_before_step_schedules_resumes_the_same(tmp_path: Path, data: Path, capsys) -> None:
     """A last.pt written when torch schedulers were checkpointed (optimizer groups without
     peak_lr/horizon, a `scheduler` entry) resumes into the same run: the lr is recomputed from

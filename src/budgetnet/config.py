@@ -24,7 +24,7 @@ from budgetnet.models import Budget, ResNetSpec, format_validation_error, get_pr
 from budgetnet.models.limits import ByteSize, Flops, Limits
 from budgetnet.models.spec import match_data, validate_spec
 from budgetnet.train.callbacks import EarlyStoppingConfig
-from budgetnet.train.optim import OptimConfig, SGDConfig
+from budgetnet.train.optim import LookaheadConfig, OptimConfig, SGDConfig
 from budgetnet.train.schedules import CosineSchedule, ScheduleConfig
 from budgetnet.train.tagged import kinds
 
@@ -76,6 +76,10 @@ class TrainConfig(BaseModel):
     )
     early_stopping: EarlyStoppingConfig | None = None
     ema_decay: float | None = Field(None, gt=0, lt=1, description="evaluate an EMA of the weights")
+    lookahead: LookaheadConfig | None = Field(
+        None, description="Lookahead around the optimizer: every `steps` steps the weights move `alpha` of "
+        "the way back toward where they stood `steps` steps before"
+    )
     tta: bool | Literal["final"] = Field(
         False, description="flip+translate test-time augmentation for validation; final: only after the last "
         "epoch (TTA is 6 forward passes: on a CPU, 8 TTA validations cost speedrun_2m ~8 minutes)",

@@ -28,7 +28,7 @@ from budgetnet.errors import BudgetnetError
 from budgetnet.train.callbacks import EarlyStopping, write_metrics
 from budgetnet.train.checkpoint import Checkpoint, Progress, Resume, load_checkpoint, save_checkpoint
 from budgetnet.train.distributed import Ranks
-from budgetnet.train.optim import MuonSGD
+from budgetnet.train.optim import TrainOptimizer
 from budgetnet.train.schedules import Plateau
 
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
@@ -39,7 +39,7 @@ class Checkpointer:
 
     def __init__(
         self, run_dir: Path, cfg: RunConfig, *, classes: list[str], mean: list[float], std: list[float],
-        ranks: Ranks, model: nn.Module, optimizer: torch.optim.Optimizer | MuonSGD,
+        ranks: Ranks, model: nn.Module, optimizer: TrainOptimizer,
         scaler: torch.amp.GradScaler, ema: AveragedModel | None, plateau: Plateau | None,
         stopper: EarlyStopping | None, progress: Progress,
     ) -> None:

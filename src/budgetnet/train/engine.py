@@ -178,7 +178,7 @@ class _Trainer:
                          shuffle=False, drop_last=False, seed=0, augment=None, **common)
             if self.data.val is not None else None
         )
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.optimizer = build_optimizer(self.model, cfg.optim, lookahead=tc.lookahead)
         self.plateau = Plateau(cfg.schedule) if isinstance(cfg.schedule, PlateauSchedule) else None
         self.progress = Progress()
         self.planner = Planner(cfg, len(self.loader), self.progress, ranks)

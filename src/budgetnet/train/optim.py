@@ -96,6 +96,17 @@ OptimConfig = tagged_union(
 OPTIMIZER_NAMES = tuple(kinds(OptimConfig))
 
 
+class LookaheadConfig(BaseModel):
+    """Lookahead (Zhang et al. 2019) around the optimizer: every `steps` steps the weights move
+    `alpha` of the way from where they stood `steps` steps before to where the optimizer took
+    them, and training continues from there."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(5, ge=1, description="fast steps between two syncs of the slow weights")
+    alpha: float = Field(0.5, gt=0, le=1, description="fraction of the way the slow weights move at a sync")
+
+
 def _param_groups(model: nn.Module, cfg: _Grouped) -> list[dict[str, Any]]:
     # 1-d tensors are BN scales/shifts and biases; everything >1-d is a conv or linear weight.
     weights = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
@@ -112,14 +123,17 @@ def _param_groups(model: nn.Module, cfg: _Grouped) -> list[dict[str, Any]]:
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer | MuonSGD:
-    """The optimizer named by `cfg`, over `model`'s trainable parameters. Every group gets
-    `peak_lr` (its lr at schedule factor 1) and `horizon` (the fraction of the run it trains)."""
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, lookahead: LookaheadConfig | None = None
+) -> TrainOptimizer:
+    """The optimizer named by `cfg`, over `model`'s trainable parameters, in a `Lookahead` if one
+    is given. Every group gets `peak_lr` (its lr at schedule factor 1) and `horizon` (the
+    fraction of the run it trains)."""
     optimizer = _build(model, cfg)
     for group in optimizer.param_groups:
         group.setdefault("peak_lr", group["lr"])
         group.setdefault("horizon", 1.0)
-    return optimizer
+    return optimizer if lookahead is None else Lookahead(optimizer, lookahead)
 
 
 def _build(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer | MuonSGD:
@@ -233,3 +247,48 @@ class MuonSGD:
         for o, part in zip(self.parts, state["parts"], strict=True):
             o.load_state_dict(part)
         self.param_groups[:] = [g for o in self.parts for g in o.param_groups]
+
+
+class Lookahead:
+    """`LookaheadConfig` around an optimizer, stepped and checkpointed as one. The slow weights
+    are taken at the first step, so that initializations made after the optimizer is built (a
+    whitening stem's) are in them."""
+
+    def __init__(self, inner: torch.optim.Optimizer | MuonSGD, cfg: LookaheadConfig) -> None:
+        self.inner, self.cfg = inner, cfg
+        self.steps = 0
+        self.slow: list[torch.Tensor] | None = None
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.inner.param_groups
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for group in self.inner.param_groups for p in group["params"]]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        if self.slow is None:
+            self.slow = [p.detach().clone() for p in self._params()]
+        self.inner.step()
+        self.steps += 1
+        if self.steps % self.cfg.steps == 0:
+            for slow, fast in zip(self.slow, self._params(), strict=True):
+                slow.lerp_(fast, self.cfg.alpha)
+                fast.copy_(slow)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"inner": self.inner.state_dict(), "steps": self.steps, "slow": self.slow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state["inner"])
+        self.steps = state["steps"]
+        self.slow = (None if state["slow"] is None else
+                     [s.to(p.device, p.dtype, copy=True) for s, p in zip(state["slow"], self._params(), strict=True)])
+
+
+TrainOptimizer = torch.optim.Optimizer | MuonSGD | Lookahead
+"""What `build_optimizer` returns: each steps, zeroes and checkpoints the same way."""
