@@ -77,8 +77,8 @@ class TrainConfig(BaseModel):
     early_stopping: EarlyStoppingConfig | None = None
     ema_decay: float | None = Field(None, gt=0, lt=1, description="evaluate an EMA of the weights")
     lookahead: LookaheadConfig | None = Field(
-        None, description="Lookahead around the optimizer: every `steps` steps the weights move `alpha` of "
-        "the way back toward where they stood `steps` steps before"
+        None, description="Lookahead around the optimizer: every `steps` steps the weights are set `alpha` of "
+        "the way from where they stood `steps` steps before to where the optimizer took them"
     )
     tta: bool | Literal["final"] = Field(
         False, description="flip+translate test-time augmentation for validation; final: only after the last "
