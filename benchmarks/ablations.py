@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from budgetnet.config import RunConfig, load_config
+from budgetnet.config import RunConfig, deep_merge, load_config
 from budgetnet.evaluate import evaluate_checkpoint
 from budgetnet.machine import describe_machine
 from budgetnet.models.budget import forward_flops
@@ -104,15 +104,10 @@ PROTOCOLS: dict[str, Protocol] = {
 NO_TTA = "no TTA (the default run, evaluated without it)"
 
 
-def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """`over` on top of `base`, section by section (a section's own keys from both)."""
-    return {k: {**base.get(k, {}), **over.get(k, {})} for k in {**base, **over}}
-
-
 def baseline_pflop(proto: Protocol, epochs: int, data: str) -> float:
     """The baseline's training compute: 3 x forward FLOPs x the whole batches of its epochs.
     One part in 1e9 over it, so that float rounding never costs a row with the same steps one."""
-    cfg = load_config(overrides={"name": "ablation", **merged(proto.base, {"data": {"path": data, **proto.data}})})
+    cfg = load_config(overrides={"name": "ablation", **deep_merge(proto.base, {"data": {"path": data, **proto.data}})})
     batch = cfg.train.batch_size
     images = epochs * (proto.train_images // batch) * batch
     return 3 * forward_flops(cfg.model) * images / 1e15 * (1 + 1e-9)
@@ -124,7 +119,7 @@ def row_config(proto: Protocol, over: dict[str, Any], seed: int, data: str, epoc
     start = {"data": {"path": data, **proto.data},
              "train": {"epochs": math.ceil(epochs * over.pop("epochs_factor", 1)), "seed": seed,
                        "pflop_budget": pflop}}
-    return load_config(overrides={"name": "ablation", **merged(merged(start, proto.base), over)})
+    return load_config(overrides={"name": "ablation", **deep_merge(deep_merge(start, proto.base), over)})
 
 
 def run_row(name: str, over: dict[str, Any], seed: int, args: argparse.Namespace, pflop: float) -> dict[str, Any]:

@@ -8,9 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from budgetnet.config import RunConfig
-from budgetnet.models.budget import forward_flops
+from budgetnet.train.checkpoint import Progress
+from budgetnet.train.distributed import Ranks
+from budgetnet.train.planner import Planner
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "ablations.py"
 _SPEC = importlib.util.spec_from_file_location("ablations", _PATH)
@@ -22,11 +25,12 @@ _SPEC.loader.exec_module(ablations)
 DATA = "data.npz"  # configs only: nothing is read
 
 
-def steps(cfg: RunConfig, train_images: int, pflop: float) -> int:
-    """The planner's step cap (train/planner.py) for a run at full size: its epochs' whole
-    batches, or the steps its compute budget pays for."""
-    per_step = 3 * forward_flops(cfg.model) * cfg.train.batch_size / 1e15
-    return min(train_images // cfg.train.batch_size * cfg.train.epochs, int(pflop / per_step))
+def steps(cfg: RunConfig, train_images: int) -> int:
+    """The steps the engine's planner gives the run (no time budget: its epochs' whole batches,
+    or fewer where the compute budget pays for fewer)."""
+    planner = Planner(cfg, train_images // cfg.train.batch_size, Progress(), Ranks(torch.device("cpu")))
+    planner.plan(lambda: pytest.fail("no time budget: nothing to time"))
+    return planner.progress.planned_steps
 
 
 @pytest.mark.parametrize("name", sorted(ablations.PROTOCOLS))
@@ -46,9 +50,9 @@ def test_full_protocol_matches_the_default_runs_compute() -> None:
     base = ablations.row_config(proto, {}, 0, DATA, proto.epochs, pflop)
     assert base.data.subset is None and base.train.time_budget_s is None and not base.optim.nesterov
     # 8 epochs of 22 steps of 2,000 (45,000 images, whole batches): the default run's 0.2495 PFLOP.
-    assert steps(base, 45_000, pflop) == 176 == 8 * (45_000 // 2_000)
+    assert steps(base, 45_000) == 176 == 8 * (45_000 // 2_000)
     half = ablations.row_config(proto, ablations.ROWS["batch 1,000 instead of 2,000"], 0, DATA, proto.epochs, pflop)
-    assert steps(half, 45_000, pflop) == 352
+    assert steps(half, 45_000) == 352
     ema = ablations.row_config(proto, ablations.ROWS["EMA of the weights, decay 0.98 a step"], 0, DATA, 8, pflop)
     assert ema.train.ema_decay == 0.98
 
@@ -58,7 +62,8 @@ def test_proxy_keeps_its_measured_rows() -> None:
     pflop = ablations.baseline_pflop(proto, 3, DATA)
     base = ablations.row_config(proto, {}, 1, DATA, 3, pflop)
     assert base.data.subset == 15_000 and base.optim.nesterov
-    assert steps(base, 10_000, pflop) == 15
+    assert steps(base, 10_000) == 15
     progressive = ablations.ROWS["progressive resizing: 24 px for the first 40%, more steps at the same PFLOP"]
     cfg = ablations.row_config(proto, progressive, 1, DATA, 3, pflop)
     assert cfg.train.epochs == 4 and cfg.train.progressive[0].size == 24
+    assert steps(cfg, 10_000) == 18  # the measured row's steps at the baseline's compute
