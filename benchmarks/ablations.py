@@ -6,9 +6,9 @@ resizing or the batch size, get the steps that compute pays for). Two protocols:
 
 - `proxy` (what fits a 2-core CPU): a stratified 15,000-image subset of the training split,
   5,000 of it held out for validation (split seed 0), `--epochs` (3) epochs of the other 10,000.
-  Its baseline is the default recipe with Nesterov momentum on the parameters Muon does not
-  train, as the recipe had it when the first rows were measured (one row measures the
-  recipe's plain momentum now).
+  Its baseline is the default recipe as it was when its rows were measured: Nesterov momentum
+  on the parameters Muon does not train, and airbench's SGD learning rates as published, which
+  are for a loss summed over the batch (budgetnet's is the mean; rows measure both changes).
 - `full` (the validation protocol, for a GPU or a fast CPU): 45,000 training images and 5,000
   held out (split seed 0), the recipe's own 8 epochs, about 0.25 PFLOP a row; the baseline is
   the default recipe as it is, and an EMA of the weights gets a row (over the proxy's 15 steps
@@ -65,7 +65,14 @@ ROWS: dict[str, dict[str, Any]] = {
     # 1.2x the steps: 18 instead of 15 on the proxy, 217 instead of 176 at full size.
     "progressive resizing: 24 px for the first 40%, more steps at the same PFLOP": {
         "train": {"progressive": [{"until": 0.4, "size": 24}]}, "epochs_factor": 1.25},
-    "plain momentum on the non-filter parameters (the default recipe now)": {"optim": {"nesterov": False}},
+    "plain momentum on the non-filter parameters": {"optim": {"nesterov": False}},
+    # airbench's lrs x 2,000 for a mean loss; its head lr converted to budgetnet's head scale.
+    "SGD lrs for a mean loss (BN shifts 0.053 -> 106, head 0.67 -> 1.66)": {
+        "optim": {"lr": 106.0, "head_lr_scale": 0.015625}},
+    "SGD lrs for a mean loss, plain momentum (the default recipe now)": {
+        "optim": {"lr": 106.0, "head_lr_scale": 0.015625, "nesterov": False}},
+    "SGD lrs as published, for a summed loss (the default recipe before)": {
+        "optim": {"lr": 0.053, "head_lr_scale": 12.64}},
     "Nesterov momentum on the non-filter parameters": {"optim": {"nesterov": True}},
     "no label smoothing (0.2 -> 0)": {"train": {"label_smoothing": 0.0}},
     "random flip instead of alternating": {"augment": {"flip": {"mode": "random"}}},
@@ -73,7 +80,7 @@ ROWS: dict[str, dict[str, Any]] = {
     "cutout 12 px": {"augment": {"cutout": {"size": 12}}},
     # Same images and PFLOP, twice the steps; the per-step learning rates and decay as they are.
     "batch 1,000 instead of 2,000": {"train": {"batch_size": 1000}},
-    "one learning rate for the head (head_lr_scale 12.64 -> 1)": {"optim": {"head_lr_scale": 1.0}},
+    "one learning rate for the head (head_lr_scale 1)": {"optim": {"head_lr_scale": 1.0}},
     "EMA of the weights, decay 0.98 a step": {"train": {"ema_decay": 0.98}},
     "Lookahead, 5 steps, alpha 0.5": {"train": {"lookahead": {"steps": 5, "alpha": 0.5}}},
 }
@@ -81,14 +88,16 @@ _COMMON = ("3x3 conv stem (BN, 24 ch) instead of whitening", "kaiming init inste
            "learned BN scale, momentum 0.1", "Nesterov SGD lr 0.2 (wd 5e-4, no BN decay) instead of Muon",
            "progressive resizing: 24 px for the first 40%, more steps at the same PFLOP")
 _AUGMENT = ("no label smoothing (0.2 -> 0)", "random flip instead of alternating", "translate up to 4 px instead of 2",
-            "cutout 12 px", "batch 1,000 instead of 2,000", "one learning rate for the head (head_lr_scale 12.64 -> 1)",
+            "cutout 12 px", "batch 1,000 instead of 2,000", "one learning rate for the head (head_lr_scale 1)",
             "Lookahead, 5 steps, alpha 0.5")
 PROTOCOLS: dict[str, Protocol] = {
     "proxy": Protocol(
         baseline="baseline (speedrun_2m, Muon; Nesterov on the rest)",
         data={"subset": 15_000, "val_size": 5_000, "split_seed": 0}, train_images=10_000, epochs=3,
-        base={"optim": {"nesterov": True}},
-        rows=(*_COMMON, "plain momentum on the non-filter parameters (the default recipe now)", *_AUGMENT),
+        base={"optim": {"nesterov": True, "lr": 0.053, "head_lr_scale": 12.64}},
+        rows=(*_COMMON, "plain momentum on the non-filter parameters", *_AUGMENT,
+              "SGD lrs for a mean loss (BN shifts 0.053 -> 106, head 0.67 -> 1.66)",
+              "SGD lrs for a mean loss, plain momentum (the default recipe now)"),
         describe="{epochs} epochs of 10,000 training images, validation on 5,000 held out (15,000-image "
                  "stratified subset of the shared zip, split seed 0)",
         outputs="ablations"),
@@ -97,7 +106,7 @@ PROTOCOLS: dict[str, Protocol] = {
         data={"val_size": 5_000, "split_seed": 0}, train_images=45_000, epochs=8,
         base={"train": {"time_budget_s": None}},
         rows=(*_COMMON, "Nesterov momentum on the non-filter parameters", *_AUGMENT,
-              "EMA of the weights, decay 0.98 a step"),
+              "EMA of the weights, decay 0.98 a step", "SGD lrs as published, for a summed loss (the default recipe before)"),
         describe="{epochs} epochs of 45,000 training images, validation on 5,000 held out (split seed 0)",
         outputs="ablations-full"),
 }
@@ -119,7 +128,9 @@ def row_config(proto: Protocol, over: dict[str, Any], seed: int, data: str, epoc
     start = {"data": {"path": data, **proto.data},
              "train": {"epochs": math.ceil(epochs * over.pop("epochs_factor", 1)), "seed": seed,
                        "pflop_budget": pflop}}
-    return load_config(overrides={"name": "ablation", **deep_merge(deep_merge(start, proto.base), over)})
+    # A row that names another optimizer takes its section whole: the base's fields are Muon's.
+    base = {k: v for k, v in proto.base.items() if k != "optim" or "name" not in over.get("optim", {})}
+    return load_config(overrides={"name": "ablation", **deep_merge(deep_merge(start, base), over)})
 
 
 def run_row(name: str, over: dict[str, Any], seed: int, args: argparse.Namespace, pflop: float) -> dict[str, Any]:

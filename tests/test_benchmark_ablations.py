@@ -62,6 +62,7 @@ def test_proxy_keeps_its_measured_rows() -> None:
     pflop = ablations.baseline_pflop(proto, 3, DATA)
     base = ablations.row_config(proto, {}, 1, DATA, 3, pflop)
     assert base.data.subset == 15_000 and base.optim.nesterov
+    assert base.optim.lr == 0.053 and base.optim.head_lr_scale == 12.64  # as its rows were measured
     assert steps(base, 10_000) == 15
     progressive = ablations.ROWS["progressive resizing: 24 px for the first 40%, more steps at the same PFLOP"]
     cfg = ablations.row_config(proto, progressive, 1, DATA, 3, pflop)

@@ -155,7 +155,7 @@ def _build(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer | MuonSG
 
 def _owner_params(model: nn.Module) -> tuple[set[int], set[int]]:
     """ids of the head's weight and of a whitening stem's bias: the groups that fast recipes
-    give their own lr (a head lr ~13x the biases'; a stem bias that stops training early)."""
+    give their own lr (the head's; a stem bias that stops training early)."""
     head = getattr(model, "fc", None)
     stem = getattr(getattr(model, "stem", None), "conv", None)
     heads = {id(head.weight)} if isinstance(head, nn.Linear) else set()
