@@ -53,6 +53,10 @@ class Protocol:
     outputs: str  # stem of the default --out/--table files
 
 
+# airbench's SGD lrs (BN shifts and stem bias, head) as published for its summed loss, and x 2,000
+# for a mean loss with the head's converted to budgetnet's head scale (recipes/flagship.yaml: why).
+_PUBLISHED_LRS = {"lr": 0.053, "head_lr_scale": 12.64}
+_MEAN_LOSS_LRS = {"lr": 106.0, "head_lr_scale": 0.015625}
 ROWS: dict[str, dict[str, Any]] = {
     "3x3 conv stem (BN, 24 ch) instead of whitening": {"model": {"stem": "conv", "stem_width": 24}},
     "kaiming init instead of dirac": {"model": {"conv_init": "kaiming"}},
@@ -66,13 +70,10 @@ ROWS: dict[str, dict[str, Any]] = {
     "progressive resizing: 24 px for the first 40%, more steps at the same PFLOP": {
         "train": {"progressive": [{"until": 0.4, "size": 24}]}, "epochs_factor": 1.25},
     "plain momentum on the non-filter parameters": {"optim": {"nesterov": False}},
-    # airbench's lrs x 2,000 for a mean loss; its head lr converted to budgetnet's head scale.
-    "SGD lrs for a mean loss (BN shifts 0.053 -> 106, head 0.67 -> 1.66)": {
-        "optim": {"lr": 106.0, "head_lr_scale": 0.015625}},
+    "SGD lrs for a mean loss (BN shifts 0.053 -> 106, head 0.67 -> 1.66)": {"optim": _MEAN_LOSS_LRS},
     "SGD lrs for a mean loss, plain momentum (the default recipe now)": {
-        "optim": {"lr": 106.0, "head_lr_scale": 0.015625, "nesterov": False}},
-    "SGD lrs as published, for a summed loss (the default recipe before)": {
-        "optim": {"lr": 0.053, "head_lr_scale": 12.64}},
+        "optim": {**_MEAN_LOSS_LRS, "nesterov": False}},
+    "SGD lrs as published, for a summed loss (the default recipe before)": {"optim": _PUBLISHED_LRS},
     "Nesterov momentum on the non-filter parameters": {"optim": {"nesterov": True}},
     "no label smoothing (0.2 -> 0)": {"train": {"label_smoothing": 0.0}},
     "random flip instead of alternating": {"augment": {"flip": {"mode": "random"}}},
@@ -94,7 +95,7 @@ PROTOCOLS: dict[str, Protocol] = {
     "proxy": Protocol(
         baseline="baseline (speedrun_2m, Muon; Nesterov on the rest)",
         data={"subset": 15_000, "val_size": 5_000, "split_seed": 0}, train_images=10_000, epochs=3,
-        base={"optim": {"nesterov": True, "lr": 0.053, "head_lr_scale": 12.64}},
+        base={"optim": {"nesterov": True, **_PUBLISHED_LRS}},
         rows=(*_COMMON, "plain momentum on the non-filter parameters", *_AUGMENT,
               "SGD lrs for a mean loss (BN shifts 0.053 -> 106, head 0.67 -> 1.66)",
               "SGD lrs for a mean loss, plain momentum (the default recipe now)"),
