@@ -165,6 +165,9 @@ def test_sigint_mid_epoch_then_resume_matches_uninterrupted(
 
     monkeypatch.setattr(engine.ProgressReporter, "step", original_step)
     assert main(["train", "--resume", str(cut), "--quiet"]) == 0, capsys.readouterr().err
+    resumes = json.loads((cut / "environment.json").read_text())["resumes"]  # where its seconds were spent
+    assert [(r["epoch"], r["step_in_epoch"]) for r in resumes] == [(1, 10)]
+    assert resumes[0]["train_seconds"] == pytest.approx(progress.train_seconds, abs=1e-3) and resumes[0]["cpu_capability"]
     assert_same_history(whole, cut)
     assert_same_weights(whole, cut)
     assert_same_weights(whole, cut, "best.pt")  # the EMA weights, as validated

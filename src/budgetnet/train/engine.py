@@ -49,7 +49,7 @@ from budgetnet.train.checkpointer import BEST, LAST, PREVIOUS, Checkpointer
 from budgetnet.train.distributed import Ranks, process_group
 from budgetnet.train.optim import build_optimizer
 from budgetnet.train.planner import Planner, Timing, time_steps
-from budgetnet.train.rundir import environment_info, new_run_dir
+from budgetnet.train.rundir import environment_info, new_run_dir, record_resume
 from budgetnet.train.schedules import Plateau, PlateauSchedule, lr_factor
 from budgetnet.train.tracking import epoch_loggers
 
@@ -337,6 +337,9 @@ class _Trainer:
         started = time.perf_counter()
         if resume and self.checkpointer.restore():
             planner.count_unrecorded()
+            if self.ranks.is_main:
+                record_resume(self.run_dir, self.device, {"epoch": p.epoch, "step_in_epoch": p.step_in_epoch,
+                                                          "train_seconds": round(p.train_seconds, 3)})
         else:
             p.processes = self.ranks.world_size
             if self.ranks.is_main:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 
 import budgetnet
+from budgetnet.files import write_json
 from budgetnet.machine import cpu_model
 
 
@@ -54,3 +56,13 @@ def environment_info(device: torch.device) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         info["git_commit"] = None
     return info
+
+
+def record_resume(run_dir: Path, device: torch.device, where: dict[str, Any]) -> None:
+    """Add this process's environment to `environment.json`'s `resumes`, with `where` (the
+    epoch, step and training seconds the run resumed at): a run resumed on another machine
+    says which of its seconds were spent where."""
+    path = Path(run_dir) / "environment.json"
+    info = json.loads(path.read_text())
+    info.setdefault("resumes", []).append({**where, **environment_info(device)})
+    write_json(path, info)
