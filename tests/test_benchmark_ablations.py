@@ -55,6 +55,11 @@ def test_full_protocol_matches_the_default_runs_compute() -> None:
     assert steps(half, 45_000) == 352
     ema = ablations.row_config(proto, ablations.ROWS["EMA of the weights, decay 0.98 a step"], 0, DATA, 8, pflop)
     assert ema.train.ema_decay == 0.98
+    # Width rows: as many steps as the baseline's compute pays for at their FLOPs an image.
+    for row, expected in (("first block 32 wide (32/256/256), 1.33x the steps at the same PFLOP", 234),
+                          ("widths 48/192/192, 1.71x the steps at the same PFLOP", 301),
+                          ("widths 80/320/320, 0.66x the steps at the same PFLOP", 115)):
+        assert steps(ablations.row_config(proto, ablations.ROWS[row], 0, DATA, proto.epochs, pflop), 45_000) == expected, row
 
 
 def test_proxy_keeps_its_measured_rows() -> None:
