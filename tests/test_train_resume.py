@@ -168,6 +168,9 @@ def test_sigint_mid_epoch_then_resume_matches_uninterrupted(
     resumes = json.loads((cut / "environment.json").read_text())["resumes"]  # where its seconds were spent
     assert [(r["epoch"], r["step_in_epoch"]) for r in resumes] == [(1, 10)]
     assert resumes[0]["train_seconds"] == pytest.approx(progress.train_seconds, abs=1e-3) and resumes[0]["cpu_capability"]
+    (cut / "environment.json").unlink()  # a lost record does not stop a resume
+    assert main(["train", "--resume", str(cut), "--quiet"]) == 0, capsys.readouterr().err
+    assert len(json.loads((cut / "environment.json").read_text())["resumes"]) == 1
     assert_same_history(whole, cut)
     assert_same_weights(whole, cut)
     assert_same_weights(whole, cut, "best.pt")  # the EMA weights, as validated

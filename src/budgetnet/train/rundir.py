@@ -63,6 +63,9 @@ def record_resume(run_dir: Path, device: torch.device, where: dict[str, Any]) ->
     epoch, step and training seconds the run resumed at): a run resumed on another machine
     says which of its seconds were spent where."""
     path = Path(run_dir) / "environment.json"
-    info = json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):  # lost or damaged: the resumes are still worth recording
+        info = {}
     info.setdefault("resumes", []).append({**where, **environment_info(device)})
     write_json(path, info)
