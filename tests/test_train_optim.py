@@ -134,6 +134,34 @@ def test_muon_steps_keep_filter_norms_and_resume_exactly() -> None:
     assert all(torch.equal(after[k], v) for k, v in model.state_dict().items())
 
 
+def test_muon_ns_steps_reach_the_filter_update_and_old_checkpoints_step() -> None:
+    """`muon_ns_steps` sets the Newton-Schulz iterations of the filters' update (3 is rougher than
+    5: small singular values are pulled less far towards 1); a checkpoint saved before the knob existed,
+    whose groups lack it, steps with the configured count."""
+    from budgetnet.train.optim import _orthogonalize
+
+    u, _, v = torch.linalg.svd(torch.randn(16, 72, generator=torch.Generator().manual_seed(0)), full_matrices=False)
+    g = u @ torch.diag(torch.logspace(0, -3, 16)) @ v  # singular values 1 .. 1e-3
+    smallest = {n: torch.linalg.svdvals(_orthogonalize(g, n)).min().item() for n in (3, 5)}
+    assert smallest[3] < smallest[5]
+
+    def filters_after_one_step(ns_steps: int, drop_knob: bool = False) -> torch.Tensor:
+        model = speedrun_net()
+        opt = build_optimizer(model, optim(name="muon", muon_ns_steps=ns_steps))
+        if drop_knob:
+            state = copy.deepcopy(opt.state_dict())
+            for group in state["parts"][-1]["param_groups"]:
+                del group["ns_steps"]
+            opt.load_state_dict(state)
+        x, y = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.arange(4)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        return model.layers[1].conv.weight.detach().clone()
+
+    assert not torch.allclose(filters_after_one_step(3), filters_after_one_step(5))
+    assert torch.equal(filters_after_one_step(3, drop_knob=True), filters_after_one_step(3))
+
+
 @pytest.mark.parametrize("name", ["sgd", "muon"])
 def test_lookahead_moves_alpha_of_the_way_every_k_steps(name: str) -> None:
     make = speedrun_net if name == "muon" else tiny_net
