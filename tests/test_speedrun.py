@@ -157,6 +157,13 @@ def test_pflop_flag_and_budget_none_from_the_cli(tmp_path: Path, data: Path, cap
     assert s["planned_steps"] == 3 and s["time_budget_s"] is None
     assert main([*argv[:-2], "--time-budget", "soon", "--out", str(tmp_path / "bad")]) == 2
     assert "time_budget_s" in capsys.readouterr().err
+    # none lifts a compute budget as it does a time budget: the epochs' whole batches.
+    assert load_config(overrides={"train": {"pflop_budget": "off", "time_budget_s": "none"}}).train.pflop_budget is None
+    lifted = [a if a != argv[argv.index("--pflop") + 1] else "none" for a in argv]
+    assert main([*lifted, "--out", str(tmp_path / "lifted")]) == 0
+    assert json.loads(capsys.readouterr().out)["planned_steps"] == 2 * ((3 * 60 - 30) // 40)  # 2 epochs of whole batches
+    assert main([*argv[:-4], "--pflop", "lots", "--out", str(tmp_path / "bad-pflop")]) == 2
+    assert "pflop_budget" in capsys.readouterr().err
 
 
 def test_set_overrides_any_config_field(tmp_path: Path, data: Path, capsys) -> None:

@@ -96,7 +96,8 @@ class TrainConfig(BaseModel):
     pflop_budget: float | None = Field(
         None, gt=0,
         description="plan the run to fit this much training compute (PFLOP: 3 x forward FLOPs x images "
-        "trained), compressing epochs and schedule like time_budget_s; with both, the tighter wins",
+        "trained), compressing epochs and schedule like time_budget_s; with both, the tighter wins; "
+        "none (or off) for no compute budget",
     )
     shape_table: str | None = Field(
         None,
@@ -119,13 +120,14 @@ class TrainConfig(BaseModel):
         require_increasing([stage.until for stage in value], "progressive stages must have increasing `until` fractions")
         return value
 
-    @field_validator("time_budget_s", mode="before")
+    @field_validator("time_budget_s", "pflop_budget", mode="before")
     @classmethod
-    def _budget_off(cls, value: Any) -> Any:
-        # "none"/"off" lift the budget; so does any value beyond a year, which cannot be planned.
+    def _budget_off(cls, value: Any, info: ValidationInfo) -> Any:
+        # "none"/"off" lift a budget; so does a time beyond a year, which cannot be planned.
         if isinstance(value, str) and value.strip().lower() in ("none", "off", "null", ""):
             return None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 365 * 86400:
+        if (info.field_name == "time_budget_s" and isinstance(value, (int, float)) and not isinstance(value, bool)
+                and value > 365 * 86400):
             return None
         return value
 

@@ -88,9 +88,9 @@ def train(
     time_budget: flag("--time-budget", str, TRAINING, Sets("train.time_budget_s"),
                          "Seconds of training to plan the run for (epochs and schedule are compressed to fit); "
                          "none lifts a recipe's budget.") = None,
-    pflop: flag("--pflop", float, TRAINING, Sets("train.pflop_budget"),
+    pflop: flag("--pflop", str, TRAINING, Sets("train.pflop_budget"),
                    "Training compute to plan the run for, in PFLOP (3 x forward FLOPs x images); with "
-                   "--time-budget the tighter wins.") = None,
+                   "--time-budget the tighter wins; none lifts a recipe's budget.") = None,
     optimizer: flag("--optimizer", str, OPTIMIZER, Sets("optim.name"),
                        "sgd, adam, adamw, adamax, adagrad, rmsprop, adadelta, asgd, muon (Muon on conv filters, "
                        "Nesterov SGD on the rest)") = None,
