@@ -20,7 +20,7 @@ that many seconds. The `no TTA` row evaluates the baseline's best.pt again witho
 augmentation (no training). The markdown table goes to `--table`.
 
     .venv/bin/python benchmarks/ablations.py [--protocol proxy|full] [--data ZIP] [--epochs N]
-        [--seeds 0,1,2] [--deadline-s S] [--out ROWS.jsonl] [--table TABLE.md]
+        [--seeds 0,1,2] [--deadline-s S] [--rows TEXT] [--out ROWS.jsonl] [--table TABLE.md]
 """
 
 from __future__ import annotations
@@ -84,6 +84,16 @@ ROWS: dict[str, dict[str, Any]] = {
     "one learning rate for the head (head_lr_scale 1)": {"optim": {"head_lr_scale": 1.0}},
     "EMA of the weights, decay 0.98 a step": {"train": {"ema_decay": 0.98}},
     "Lookahead, 5 steps, alpha 0.5": {"train": {"lookahead": {"steps": 5, "alpha": 0.5}}},
+    # The hyperparameters of the public 2.095 s CIFAR-10 speed-run record (after airbench94 +
+    # Muon), its SGD lrs converted to a mean loss over its batch of 1,536 as the recipe's are for
+    # 2,000 (recipes/flagship.yaml: why); its jitter of normalized images in PIL terms. Left out: its
+    # weight decay on the filters and renormalization every 8 steps instead of every step.
+    "the 2.095 s record's hyperparameters (batch 1,536, SiLU, colour jitter, 3 Newton-Schulz steps)": {
+        "model": {"activation": "silu", "bn_momentum": 0.4434},
+        "augment": {"color_jitter": {"brightness": 0.075, "contrast": 0.13, "saturation": 0.0}},
+        "optim": {"muon_lr": 0.205, "muon_momentum": 0.655, "muon_ns_steps": 3, "lr": 88.0, "momentum": 0.825,
+                  "nesterov": True, "head_lr_scale": 0.01168, "weight_decay": 0.0016, "stem_bias_fraction": 0.025},
+        "train": {"batch_size": 1536, "micro_batch": 512, "label_smoothing": 0.09}},
     # Width against epochs at the same compute: airbench's widths were tuned for GPU seconds, in
     # which thin layers are dear; counted in FLOPs, the 32 px first block is 18% of the net's.
     "first block 32 wide (32/256/256), 1.33x the steps at the same PFLOP": {
@@ -117,6 +127,7 @@ PROTOCOLS: dict[str, Protocol] = {
         base={"train": {"time_budget_s": None}},
         rows=(*_COMMON, "Nesterov momentum on the non-filter parameters", *_AUGMENT,
               "EMA of the weights, decay 0.98 a step", "SGD lrs as published, for a summed loss (the default recipe before)",
+              "the 2.095 s record's hyperparameters (batch 1,536, SiLU, colour jitter, 3 Newton-Schulz steps)",
               *_WIDTHS),
         describe="{epochs} epochs of 45,000 training images, validation on 5,000 held out (split seed 0)",
         outputs="ablations-full"),
@@ -160,6 +171,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="epochs of the baseline (proxy: 3, full: the recipe's 8)")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--deadline-s", type=float, help="start no row after this many seconds")
+    parser.add_argument("--rows", help="only the baseline and the rows whose name contains this text")
     parser.add_argument("--runs-dir", default="runs/ablations")
     parser.add_argument("--out", help="rows as JSON lines [docs/results/accuracy_per_flop/<protocol's>.jsonl]")
     parser.add_argument("--table", help="markdown table [docs/results/accuracy_per_flop/<protocol's>.md]")
@@ -173,7 +185,9 @@ def main() -> None:
     pflop = baseline_pflop(proto, args.epochs, args.data)
     done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     seen = {(d["row"], d["seed"]) for d in done}
-    rows = {proto.baseline: {}, **{name: ROWS[name] for name in proto.rows}}
+    rows = {proto.baseline: {}, **{name: ROWS[name] for name in proto.rows if args.rows is None or args.rows in name}}
+    if len(rows) == 1:
+        parser.error(f"no row of the {args.protocol} protocol contains {args.rows!r}")
     for seed in (int(s) for s in args.seeds.split(",")):
         for name, over in rows.items():
             if args.deadline_s is not None and time.monotonic() - started > args.deadline_s:

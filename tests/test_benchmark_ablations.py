@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ sys.modules["ablations"] = ablations
 _SPEC.loader.exec_module(ablations)
 
 DATA = "data.npz"  # configs only: nothing is read
+RECORD = "the 2.095 s record's hyperparameters (batch 1,536, SiLU, colour jitter, 3 Newton-Schulz steps)"
 
 
 def steps(cfg: RunConfig, train_images: int) -> int:
@@ -55,6 +57,8 @@ def test_full_protocol_matches_the_default_runs_compute() -> None:
     assert steps(half, 45_000) == 352
     ema = ablations.row_config(proto, ablations.ROWS["EMA of the weights, decay 0.98 a step"], 0, DATA, 8, pflop)
     assert ema.train.ema_decay == 0.98
+    record = ablations.row_config(proto, ablations.ROWS[RECORD], 0, DATA, 8, pflop)
+    assert steps(record, 45_000) == 229 and record.optim.muon_ns_steps == 3  # batch 1,536 at the same compute
     # Width rows: as many steps as the baseline's compute pays for at their FLOPs an image.
     for row, expected in (("first block 32 wide (32/256/256), 1.33x the steps at the same PFLOP", 234),
                           ("widths 48/192/192, 1.71x the steps at the same PFLOP", 301),
@@ -73,3 +77,23 @@ def test_proxy_keeps_its_measured_rows() -> None:
     cfg = ablations.row_config(proto, progressive, 1, DATA, 3, pflop)
     assert cfg.train.epochs == 4 and cfg.train.progressive[0].size == 24
     assert steps(cfg, 10_000) == 18  # the measured row's steps at the baseline's compute
+
+
+def test_rows_picks_rows_by_name_and_refuses_a_name_no_row_has(tmp_path: Path, monkeypatch, capsys) -> None:
+    argv = ["ablations.py", "--protocol", "full", "--data", DATA, "--out", str(tmp_path / "rows.jsonl"),
+            "--table", str(tmp_path / "rows.md")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--rows", "no such row"])
+    with pytest.raises(SystemExit) as exc:
+        ablations.main()
+    assert exc.value.code == 2 and "no row of the full protocol contains 'no such row'" in capsys.readouterr().err
+    trained: list[str] = []
+
+    def run_row(name: str, over: dict, seed: int, *rest: object) -> dict:
+        trained.append(name)
+        return {"row": name, "seed": seed, "val_acc_tta": 0.9, "train_pflop": 0.25, "run_dir": str(tmp_path)}
+
+    monkeypatch.setattr(ablations, "run_row", run_row)
+    monkeypatch.setattr(ablations, "evaluate_checkpoint", lambda *a, **k: (SimpleNamespace(accuracy=0.89), None))
+    monkeypatch.setattr(sys, "argv", [*argv, "--rows", "Lookahead"])
+    ablations.main()
+    assert trained == [ablations.PROTOCOLS["full"].baseline, "Lookahead, 5 steps, alpha 0.5"]
