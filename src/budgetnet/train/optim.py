@@ -193,6 +193,13 @@ class FilterMuon(torch.optim.Optimizer):
                  ns_steps: int = 5) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum, "nesterov": nesterov, "ns_steps": ns_steps})
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # As torch's own optimizers do for settings added later: a checkpoint from before
+        # ns_steps existed loads with the configured count.
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("ns_steps", self.defaults["ns_steps"])
+
     @torch.no_grad()
     def step(self) -> None:  # type: ignore[override]
         for group in self.param_groups:
@@ -205,9 +212,7 @@ class FilterMuon(torch.optim.Optimizer):
                 update = grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
                 dtype = torch.bfloat16 if p.device.type == "cuda" else torch.float32
                 p.mul_(len(p) ** 0.5 / p.norm().clamp(min=1e-12))
-                # A checkpoint from before the knob existed has no ns_steps in its groups.
-                ns_steps = group.get("ns_steps", self.defaults["ns_steps"])
-                p.add_(_orthogonalize(update.to(dtype), ns_steps).view_as(p).to(p.dtype), alpha=-group["lr"])
+                p.add_(_orthogonalize(update.to(dtype), group["ns_steps"]).view_as(p).to(p.dtype), alpha=-group["lr"])
 
 
 class MuonSGD:
