@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from budgetnet.data import DeviceLoader
+from budgetnet.errors import BudgetnetError
 from budgetnet.evaluate import eval_data_config, load_split, load_trained, predict_trained
 from budgetnet.machine import describe_machine
 
@@ -61,7 +62,10 @@ def main() -> None:
     print("| run | as trained | re-estimated | difference |")
     print("|---|---|---|---|")
     for run in args.runs:
-        before, after = accuracies(run, args.data, args.images)
+        try:
+            before, after = accuracies(run, args.data, args.images)
+        except BudgetnetError as err:  # no checkpoint there, data it cannot read: one line, exit 2
+            parser.error(str(err))
         print(f"| {run.name} | {100 * before:.2f}% | {100 * after:.2f}% | {100 * (after - before):+.2f} |", flush=True)
 
 
