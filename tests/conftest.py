@@ -3,13 +3,16 @@ format budgetnet reads (each made in the test's tmp_path, never touching the net
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import pickle
+import sys
 import tarfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -19,6 +22,17 @@ from PIL import Image
 from budgetnet.config import RunConfig, deep_merge, load_config
 
 CLASSES = ["cat", "dog", "frog"]
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """The script benchmarks/<name>.py as a module (benchmarks/ is not a package), registered in
+    sys.modules so that its dataclasses resolve."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)

@@ -3,25 +3,20 @@ row fails here rather than after hours of training on the machine that runs them
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 from budgetnet.config import RunConfig
 from budgetnet.train.checkpoint import Progress
 from budgetnet.train.distributed import Ranks
 from budgetnet.train.planner import Planner
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "ablations.py"
-_SPEC = importlib.util.spec_from_file_location("ablations", _PATH)
-assert _SPEC is not None and _SPEC.loader is not None
-ablations = importlib.util.module_from_spec(_SPEC)
-sys.modules["ablations"] = ablations
-_SPEC.loader.exec_module(ablations)
+ablations = load_benchmark("ablations")
 
 DATA = "data.npz"  # configs only: nothing is read
 RECORD = "the 2.095 s record's hyperparameters (batch 1,536, SiLU, colour jitter, 3 Newton-Schulz steps)"

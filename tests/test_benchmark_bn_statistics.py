@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bn_statistics.py"
-_SPEC = importlib.util.spec_from_file_location("bn_statistics", _PATH)
-assert _SPEC is not None and _SPEC.loader is not None
-bn_statistics = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(bn_statistics)
+bn_statistics = load_benchmark("bn_statistics")
 
 
 def test_a_run_without_a_checkpoint_is_one_line_and_exit_2(tmp_path: Path, monkeypatch, capsys) -> None:
