@@ -110,6 +110,10 @@ ROWS: dict[str, dict[str, Any]] = {
         "model": {"blocks": [1, 1, 2]}},
     "two more plain convs in the last stage (blocks 1/1/3), 0.92x the steps at the same PFLOP": {
         "model": {"blocks": [1, 1, 3]}},
+    # Data selection at the same steps and PFLOP (train/selection.py): InfoBatch's CIFAR-10
+    # settings; epoch 1 trains on everything (no losses yet), epoch 8 too (the last eighth).
+    "data selection (InfoBatch: images under the mean loss sit out half the epochs 2-7)": {
+        "train": {"data_selection": {"prune": 0.5, "until": 0.875}}},
 }
 _WIDTHS = ("first block 32 wide (32/256/256), 1.33x the steps at the same PFLOP",
            "widths 48/192/192, 1.71x the steps at the same PFLOP", "widths 80/320/320, 0.66x the steps at the same PFLOP")
@@ -139,7 +143,8 @@ PROTOCOLS: dict[str, Protocol] = {
         rows=(*_COMMON, "Nesterov momentum on the non-filter parameters", *_AUGMENT,
               "EMA of the weights, decay 0.98 a step", "SGD lrs as published, for a summed loss (the default recipe before)",
               "the 2.095 s record's hyperparameters (batch 1,536, SiLU, colour jitter, 3 Newton-Schulz steps)",
-              *_WIDTHS, *_DEPTH, "ReLU and kaiming init (the proxy's two best changes to the net)"),
+              *_WIDTHS, *_DEPTH, "ReLU and kaiming init (the proxy's two best changes to the net)",
+              "data selection (InfoBatch: images under the mean loss sit out half the epochs 2-7)"),
         describe="{epochs} epochs of 45,000 training images, validation on 5,000 held out (split seed 0)",
         outputs="ablations-full"),
 }

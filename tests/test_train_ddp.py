@@ -38,7 +38,9 @@ KILLED = 9  # exit code of a rank killed in the test
 
 
 def ddp_config(data: Path, **train: object) -> RunConfig:
-    return tiny_run_config(data, train={"batch_size": BATCH, "checkpoint_every_steps": 3, **train})
+    # With data selection: the second epoch's batches come from the losses the ranks gathered.
+    return tiny_run_config(data, train={"batch_size": BATCH, "checkpoint_every_steps": 3, "data_selection": {},
+                                        **train})
 
 
 @pytest.fixture(scope="module")

@@ -134,9 +134,10 @@ def test_sigint_mid_epoch_then_resume_matches_uninterrupted(
     tmp_path: Path, data: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SIGINT at step 10 of epoch 2 (of 15): the run checkpoints and exits 130; the resumed
-    run skips the 10 batches already trained. EMA weights and mid-epoch checkpoints are on,
-    so their state must survive the stop too."""
-    extra = {"batch_size": 8, "ema_decay": 0.9, "checkpoint_every_steps": 4}
+    run skips the 10 batches already trained. EMA weights, mid-epoch checkpoints and data
+    selection are on, so their state must survive the stop too: the resumed epoch draws its
+    batches from the images selected when it began, not from the losses recorded since."""
+    extra = {"batch_size": 8, "ema_decay": 0.9, "checkpoint_every_steps": 4, "data_selection": {}}
     cfg = tiny_config(data, **extra)
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     engine.train(cfg, whole, quiet=True)

@@ -108,9 +108,9 @@ def test_a_slower_pace_than_timed_shrinks_the_plan(tmp_path: Path, data: Path, m
     monkeypatch.setattr(engine._Trainer, "_time_steps", lambda self: (1e-4, 0.0, 0.0))
     real_step = engine._Trainer._step
 
-    def slow_step(self, x, y):
+    def slow_step(self, x, y, index):
         time.sleep(0.01)
-        return real_step(self, x, y)
+        return real_step(self, x, y, index)
 
     monkeypatch.setattr(engine._Trainer, "_step", slow_step)
     cfg = tiny_config(data, time_budget_s=0.5, batch_size=2)  # 3 epochs x 60 steps

@@ -26,6 +26,7 @@ from budgetnet.models.spec import match_data, validate_spec
 from budgetnet.train.callbacks import EarlyStoppingConfig
 from budgetnet.train.optim import LookaheadConfig, OptimConfig, SGDConfig
 from budgetnet.train.schedules import CosineSchedule, ScheduleConfig
+from budgetnet.train.selection import DataSelectionConfig
 from budgetnet.train.tagged import kinds
 
 DEFAULT_RECIPE = "flagship"
@@ -109,6 +110,11 @@ class TrainConfig(BaseModel):
         default_factory=list,
         description="progressive resizing: early steps on downscaled images, which cost fewer FLOPs "
         "(FLOPs scale with pixels); stages in order of `until`, full size after the last",
+    )
+    data_selection: DataSelectionConfig | None = Field(
+        None, description="InfoBatch: each epoch, images whose last loss is below the mean sit out with "
+        "probability `prune` and the rest of them count 1/(1-prune); the epoch keeps its steps, drawn from the "
+        "images kept (train/selection.py)",
     )
     log: list[Literal["tensorboard"]] = Field(
         default_factory=list, description="experiment trackers fed every epoch (see train/tracking.py)"

@@ -67,6 +67,7 @@ class Resume:
     plateau: dict[str, Any] | None = None
     early_stopping: dict[str, Any] | None = None
     ema: dict[str, torch.Tensor] | None = None  # the AveragedModel's state, when the run keeps an EMA
+    selection: dict[str, Any] | None = None  # the data selection's losses, when the run selects
 
 
 @dataclass
@@ -106,6 +107,8 @@ class Checkpoint:
                        progress=progress, history=history, plateau=r.plateau, early_stopping=r.early_stopping)
         if r.ema is not None:
             payload["ema"] = r.ema
+        if r.selection is not None:
+            payload["selection"] = r.selection
         return payload
 
     @classmethod
@@ -128,6 +131,7 @@ class Checkpoint:
                 optimizer=need("optimizer"), scaler=need("scaler"), rng_cpu=need("rng_cpu"),
                 rng_cuda=list(need("rng_cuda")), progress=progress, plateau=payload.get("plateau"),
                 early_stopping=payload.get("early_stopping"), ema=payload.get("ema"),
+                selection=payload.get("selection"),
             )
         return cls(
             config=need("config"), model=need("model"), classes=payload.get("classes"),

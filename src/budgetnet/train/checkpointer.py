@@ -30,6 +30,7 @@ from budgetnet.train.checkpoint import Checkpoint, Progress, Resume, load_checkp
 from budgetnet.train.distributed import Ranks
 from budgetnet.train.optim import TrainOptimizer
 from budgetnet.train.schedules import Plateau
+from budgetnet.train.selection import DataSelection
 
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
 
@@ -41,13 +42,13 @@ class Checkpointer:
         self, run_dir: Path, cfg: RunConfig, *, classes: list[str], mean: list[float], std: list[float],
         ranks: Ranks, model: nn.Module, optimizer: TrainOptimizer,
         scaler: torch.amp.GradScaler, ema: AveragedModel | None, plateau: Plateau | None,
-        stopper: EarlyStopping | None, progress: Progress,
+        stopper: EarlyStopping | None, progress: Progress, selection: DataSelection | None = None,
     ) -> None:
         self.run_dir, self.config, self.ranks = run_dir, cfg.model_dump(mode="json"), ranks
         self.every_steps = cfg.train.checkpoint_every_steps
         self.classes, self.mean, self.std = list(classes), list(mean), list(std)
         self.model, self.optimizer, self.scaler, self.ema = model, optimizer, scaler, ema
-        self.plateau, self.stopper, self.progress = plateau, stopper, progress
+        self.plateau, self.stopper, self.progress, self.selection = plateau, stopper, progress, selection
 
     # ---- writing --------------------------------------------------------------------------
     def save_last(self) -> None:
@@ -83,6 +84,7 @@ class Checkpointer:
                 plateau=self.plateau.state_dict() if self.plateau is not None else None,
                 early_stopping=self.stopper.state_dict() if self.stopper is not None else None,
                 ema=self.ema.state_dict() if self.ema is not None else None,
+                selection=self.selection.state_dict() if self.selection is not None else None,
             ),
         )
 
@@ -150,6 +152,8 @@ class Checkpointer:
             self.ema.load_state_dict(r.ema)
         if self.stopper is not None and r.early_stopping is not None:
             self.stopper.load_state_dict(r.early_stopping)
+        if self.selection is not None and r.selection is not None:
+            self.selection.load_state_dict(r.selection)
         if r.progress is not self.progress:
             vars(self.progress).update(copy.deepcopy(vars(r.progress)))
 

@@ -87,6 +87,15 @@ class Ranks:
             dist.all_reduce(tensor)
         return tensor
 
+    def gathered(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The ranks' equal-length `tensor`s end to end, in rank order (the whole batch's values
+        from each rank's part of it)."""
+        if not self.distributed:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
     def whole_batch(self, correct: torch.Tensor, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The correct count and mean loss of the whole batch from this rank's of its part (the
         parts are equal): every rank then records, and decides on a non-finite loss, alike."""

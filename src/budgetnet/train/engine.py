@@ -51,6 +51,7 @@ from budgetnet.train.optim import build_optimizer
 from budgetnet.train.planner import Planner, Timing, time_steps
 from budgetnet.train.rundir import environment_info, new_run_dir, record_resume
 from budgetnet.train.schedules import Plateau, PlateauSchedule, lr_factor
+from budgetnet.train.selection import DataSelection
 from budgetnet.train.tracking import epoch_loggers
 
 __all__ = ["BEST", "LAST", "PREVIOUS", "RunResult", "TrainingInterrupted", "train"]
@@ -169,7 +170,7 @@ class _Trainer:
         common = dict(mean=self.data.mean, std=self.data.std, dtype=in_dtype, channels_last=self.channels_last)
         self.loader = DeviceLoader(
             x, y, tc.batch_size, shuffle=True, drop_last=True, seed=tc.seed,
-            augment=BatchAugment(cfg.augment), shard=(ranks.rank, ranks.world_size), **common,
+            augment=BatchAugment(cfg.augment), shard=(ranks.rank, ranks.world_size), with_index=True, **common,
         )
         if len(self.loader) == 0:
             raise BudgetnetError(f"batch size {tc.batch_size} is larger than the {len(y)} training images; lower --batch-size")
@@ -178,6 +179,7 @@ class _Trainer:
                          shuffle=False, drop_last=False, seed=0, augment=None, **common)
             if self.data.val is not None else None
         )
+        self.selection = DataSelection(tc.data_selection, len(y), tc.seed, self.device) if tc.data_selection else None
         self.optimizer = build_optimizer(self.model, cfg.optim, lookahead=tc.lookahead)
         self.plateau = Plateau(cfg.schedule) if isinstance(cfg.schedule, PlateauSchedule) else None
         self.progress = Progress()
@@ -192,27 +194,33 @@ class _Trainer:
         self.ddp = ranks.data_parallel(self.model, tc.sync_bn)  # after the EMA's copy: not of DDP's hooks
         stepped: nn.Module = self.ddp or self.model
         self.step_model = compile_model(stepped, cfg.data.cache_dir) if tc.compile else stepped
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+        # Per image: the data selection weighs and records each image's loss.
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing, reduction="none")
         self.stopper = EarlyStopping(tc.early_stopping) if tc.early_stopping else None
         self.checkpointer = Checkpointer(
             run_dir, cfg, classes=self.data.classes, mean=self.data.mean, std=self.data.std, ranks=ranks,
             model=self.model, optimizer=self.optimizer, scaler=self.scaler, ema=self.ema, plateau=self.plateau,
-            stopper=self.stopper, progress=self.progress,
+            stopper=self.stopper, progress=self.progress, selection=self.selection,
         )
 
     # ---- training -------------------------------------------------------------------------
     def _train_epoch(self, epoch: int, books: EpochBooks) -> None:
         """One epoch, or what a resume left of it."""
         self.step_model.train()
-        self.loader.set_epoch(epoch)
+        subset = None
+        if self.selection is not None:
+            if self.progress.step_in_epoch == 0:  # a resumed epoch keeps the selection it began with
+                self.selection.begin_epoch(self.progress.global_step / self.progress.planned_steps)
+            subset = self.selection.epoch_subset(epoch)
+        self.loader.set_epoch(epoch, subset)
         books.start(epoch)
-        for i, (x, y) in books.remaining(self.loader):
+        for i, (x, y, index) in books.remaining(self.loader):
             step = self.progress.global_step
             self._set_lr(step)
             size = self.planner.size_at(step)
             if size is not None:  # antialiased downscale: a smaller view of the same augmented batch
                 x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            correct, loss = self._step(x, y)
+            correct, loss = self._step(x, y, index)
             books.stepped(i, correct, loss, len(y) * self.ranks.world_size, size)
             if books.stop_now():
                 break
@@ -229,24 +237,31 @@ class _Trainer:
             factor = lr_factor(sched, step, total, epochs * group["horizon"]) if step < total else 0.0
             group["lr"] = group["peak_lr"] * factor * scale
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Forward, backward, optimizer (and EMA) update; a batch larger than `micro_batch` is
-        forwarded and backpropagated in slices whose gradients add up to the batch's. Returns the
-        correct count and mean loss of the whole batch (all ranks' parts); the loss is None for a
-        skipped non-finite batch (on_nan: skip); that check is the one host sync, and only then."""
-        tc, opt = self.cfg.train, self.optimizer
+    def _step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward, backward, optimizer (and EMA) update on images `index`; a batch larger than
+        `micro_batch` is forwarded and backpropagated in slices whose gradients add up to the
+        batch's. Returns the correct count and mean loss of the whole batch (all ranks' parts);
+        the loss is None for a skipped non-finite batch (on_nan: skip); that check is the one
+        host sync, and only then."""
+        tc, opt, selection = self.cfg.train, self.optimizer, self.selection
         opt.zero_grad(set_to_none=True)
         size = tc.micro_batch or len(y)
-        slices = list(zip(x.split(size), y.split(size)))
+        weights = selection.weights[index] if selection is not None else torch.ones(len(y), device=self.device)
+        slices = list(zip(x.split(size), y.split(size), weights.split(size)))
         correct, loss = torch.zeros((), dtype=torch.long, device=self.device), torch.zeros((), device=self.device)
-        for k, (xs, ys) in enumerate(slices):
+        losses = []
+        for k, (xs, ys, ws) in enumerate(slices):
             with self._accumulating(k < len(slices) - 1):
                 with torch.autocast(self.device.type, dtype=self.amp) if self.amp else nullcontext():
                     out = self.step_model(xs)
-                    part = self.criterion(out, ys) * (len(ys) / len(y))
+                    per_image = self.criterion(out, ys)
+                    part = (per_image * ws).sum() / len(y)
                 self.scaler.scale(part).backward()
             correct = correct + (out.detach().argmax(1) == ys).sum()
             loss = loss + part.detach().float()
+            losses.append(per_image.detach())
+        if selection is not None:
+            selection.record(self.ranks.gathered(index), self.ranks.gathered(torch.cat(losses)))
         correct, loss = self.ranks.whole_batch(correct, loss)
         if tc.on_nan == "skip" and not torch.isfinite(loss):
             opt.zero_grad(set_to_none=True)
@@ -272,7 +287,7 @@ class _Trainer:
         saved = self.checkpointer.snapshot()
         self.step_model.train()
         self.loader.set_epoch(0)
-        timing = time_steps(lambda x, y: self._step(x, y)[1], self.loader, warm=2 if self.cfg.train.compile else 1,
+        timing = time_steps(lambda x, y, index: self._step(x, y, index)[1], self.loader, warm=2 if self.cfg.train.compile else 1,
                             ranks=self.ranks)
         self.checkpointer.load(saved)
         return timing

@@ -147,10 +147,10 @@ class Planner:
         return self.progress.train_flop / 1e15
 
 
-def time_steps(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None],
-               batches: Iterable[tuple[torch.Tensor, torch.Tensor]], warm: int, ranks: Ranks) -> Timing:
-    """Seconds per training step from throwaway `step(x, y)` calls (returning the loss, or None
-    for a skipped batch) on `batches` (iterated again if they run out). The first `warm` (one;
+def time_steps(step: Callable[..., torch.Tensor | None],
+               batches: Iterable[tuple[torch.Tensor, ...]], warm: int, ranks: Ranks) -> Timing:
+    """Seconds per training step from throwaway `step(*batch)` calls (returning the loss, or
+    None for a skipped batch) on `batches` (iterated again if they run out). The first `warm` (one;
     two with compile: forward and backward graphs) are warm-up and not timed. Several ranks take
     as many steps as rank 0 times."""
     times: list[float] = []
@@ -159,11 +159,11 @@ def time_steps(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None]
     while ranks.from_main(lambda: len(times) < warm + 2 or (sum(times[warm:]) < 1.0 and len(times) < warm + 20)):
         t = time.perf_counter()
         try:
-            x, y = next(pending)
+            batch = next(pending)
         except StopIteration:
             pending = iter(batches)
             continue
-        loss = step(x, y)
+        loss = step(*batch)
         if loss is not None:
             loss.item()  # waits for the device, so the time is the step's own
         times.append(time.perf_counter() - t)
