@@ -192,9 +192,9 @@ def test_progressive_resizing_trains_small_then_full_and_counts_its_flops(tmp_pa
     shapes: list[int] = []
     real = engine._Trainer._step
 
-    def spy(self, x, y):
+    def spy(self, x, y, index):
         shapes.append(x.shape[-1])
-        return real(self, x, y)
+        return real(self, x, y, index)
 
     monkeypatch.setattr(engine._Trainer, "_step", spy)
     cfg = speedrun_config(data, epochs=2, progressive=[{"until": 0.5, "size": 16}])

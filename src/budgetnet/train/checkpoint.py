@@ -11,8 +11,8 @@ training split's statistics), what best.pt adds (the epoch and validation accura
 chosen at) and what last.pt adds (`Resume`: everything a resumed run continues from). It
 carries `FORMAT_VERSION`; a file of another version is refused with one line naming it.
 Fields added to version 1 after its first files (`Progress.stopped`, the plan, the compute
-count, the process count; classes and statistics in last.pt) have defaults, so every version-1
-file still loads.
+count, the process count; classes and statistics in last.pt; the data selection's losses) have
+defaults, so every version-1 file still loads.
 """
 
 from __future__ import annotations
