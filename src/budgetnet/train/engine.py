@@ -8,10 +8,9 @@ Resumability rests on four facts: the loader's randomness for epoch e is a pure 
 (seed, e), and with data selection also of the losses recorded when the epoch began
 (train/selection.py); the learning rate is a pure function of the step (train/schedules.py);
 the checkpoint holds model, optimizer, scaler, RNG states, those losses and the metrics
-history; and a checkpoint
-taken mid-epoch records how many batches were done, which the resumed run skips. So a run
-killed at any point and resumed replays what an uninterrupted run would have done. The plan is
-checkpointed too, so a resumed run keeps it.
+history; and a checkpoint taken mid-epoch records how many batches were done, which the resumed
+run skips. So a run killed at any point and resumed replays what an uninterrupted run would
+have done. The plan is checkpointed too, so a resumed run keeps it.
 
 Under torchrun every process runs `train` alike, as one rank of a data-parallel run
 (train/distributed.py): DistributedDataParallel around the model, each rank on its part of every
