@@ -114,6 +114,11 @@ ROWS: dict[str, dict[str, Any]] = {
     # settings; epoch 1 trains on everything (no losses yet), epoch 8 too (the last eighth).
     "data selection (InfoBatch: images under the mean loss sit out half the epochs 2-7)": {
         "train": {"data_selection": {"prune": 0.5, "until": 0.875}}},
+    # airbench normalizes each BN over its whole 2,000-image batch; the recipe forwards 500-image
+    # slices (1.6x faster on CPUs), so its BN batch statistics are those of 500 images.
+    "BN statistics over the whole 2,000-image batch (no 500-image slices)": {"train": {"micro_batch": None}},
+    # airbench94_muon runs 3 Newton-Schulz iterations (in bf16), the recipe torch.optim.Muon's 5.
+    "3 Newton-Schulz iterations instead of 5, as in airbench94 + Muon": {"optim": {"muon_ns_steps": 3}},
 }
 _WIDTHS = ("first block 32 wide (32/256/256), 1.33x the steps at the same PFLOP",
            "widths 48/192/192, 1.71x the steps at the same PFLOP", "widths 80/320/320, 0.66x the steps at the same PFLOP")
@@ -144,7 +149,9 @@ PROTOCOLS: dict[str, Protocol] = {
               "EMA of the weights, decay 0.98 a step", "SGD lrs as published, for a summed loss (the default recipe before)",
               "the 2.095 s record's hyperparameters (batch 1,536, SiLU, colour jitter, 3 Newton-Schulz steps)",
               *_WIDTHS, *_DEPTH, "ReLU and kaiming init (the proxy's two best changes to the net)",
-              "data selection (InfoBatch: images under the mean loss sit out half the epochs 2-7)"),
+              "data selection (InfoBatch: images under the mean loss sit out half the epochs 2-7)",
+              "BN statistics over the whole 2,000-image batch (no 500-image slices)",
+              "3 Newton-Schulz iterations instead of 5, as in airbench94 + Muon"),
         describe="{epochs} epochs of 45,000 training images, validation on 5,000 held out (split seed 0)",
         outputs="ablations-full"),
 }
