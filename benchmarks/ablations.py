@@ -115,9 +115,9 @@ ROWS: dict[str, dict[str, Any]] = {
     "data selection (InfoBatch: images under the mean loss sit out half the epochs 2-7)": {
         "train": {"data_selection": {"prune": 0.5, "until": 0.875}}},
     # airbench normalizes each BN over its whole 2,000-image batch; the recipe forwards 500-image
-    # slices (1.6x faster on CPUs), so its BN batch statistics are those of 500 images.
+    # slices (a run 1.45x faster on CPUs), so its BN batch statistics are those of 500 images.
     "BN statistics over the whole 2,000-image batch (no 500-image slices)": {"train": {"micro_batch": None}},
-    # airbench94_muon runs 3 Newton-Schulz iterations (in bf16), the recipe torch.optim.Muon's 5.
+    # airbench94_muon runs 3 Newton-Schulz iterations (in bf16); the recipe runs torch.optim.Muon's 5.
     "3 Newton-Schulz iterations instead of 5, as in airbench94 + Muon": {"optim": {"muon_ns_steps": 3}},
 }
 _WIDTHS = ("first block 32 wide (32/256/256), 1.33x the steps at the same PFLOP",
