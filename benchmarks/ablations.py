@@ -188,7 +188,8 @@ def run_row(name: str, over: dict[str, Any], seed: int, args: argparse.Namespace
     result = train(cfg, runs_root=Path(args.runs_dir), quiet=True)
     s = result.summary
     return {"row": name, "seed": seed, "val_acc_tta": s["final_val_acc"], "train_pflop": s["train_pflop"],
-            "train_seconds": s["train_seconds"], "params": s["params"], "run_dir": str(result.run_dir)}
+            "train_seconds": s["train_seconds"], "params": s["params"], "precision": s["precision"],
+            "machine": describe_machine(), "run_dir": str(result.run_dir)}
 
 
 def main() -> None:
@@ -244,9 +245,13 @@ def write_table(path: Path, done: list[dict[str, Any]], args: argparse.Namespace
     names = list(dict.fromkeys(d["row"] for d in done))
     seeds = ",".join(str(s) for s in sorted({d["seed"] for d in done}))
     base = statistics.mean(d["val_acc_tta"] for d in done if d["row"] == proto.baseline)
+    machines = "; ".join(sorted({d["machine"] for d in done}))
+    precisions = ", ".join(sorted({d["precision"] for d in done}))
+    files = "" if args.out is None else f" --out {args.out} --table {args.table}"
     lines = [
-        f"{args.protocol.capitalize()}: {proto.describe.format(epochs=args.epochs)}. Machine: {describe_machine()}.",
-        f"Command: `python benchmarks/ablations.py --protocol {args.protocol} --epochs {args.epochs} --seeds {seeds}` "
+        f"{args.protocol.capitalize()}: {proto.describe.format(epochs=args.epochs)}. Machine: {machines}; "
+        f"precision {precisions}.",
+        f"Command: `python benchmarks/ablations.py --protocol {args.protocol} --epochs {args.epochs} --seeds {seeds}{files}` "
         "(rows run so far at the number of seeds in their column; the command runs the rest, skipping what is done).",
         "",
         "| change from the baseline | seeds | val acc % (mean) | min-max | vs baseline | train PFLOP |",

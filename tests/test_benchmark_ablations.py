@@ -89,10 +89,15 @@ def test_rows_picks_rows_by_name_and_refuses_a_name_no_row_has(tmp_path: Path, m
 
     def run_row(name: str, over: dict, seed: int, *rest: object) -> dict:
         trained.append(name)
-        return {"row": name, "seed": seed, "val_acc_tta": 0.9, "train_pflop": 0.25, "run_dir": str(tmp_path)}
+        return {"row": name, "seed": seed, "val_acc_tta": 0.9, "train_pflop": 0.25, "precision": "bf16",
+                "machine": "a CPU named by its rows", "run_dir": str(tmp_path)}
 
     monkeypatch.setattr(ablations, "run_row", run_row)
     monkeypatch.setattr(ablations, "evaluate_checkpoint", lambda *a, **k: (SimpleNamespace(accuracy=0.89), None))
     monkeypatch.setattr(sys, "argv", [*argv, "--rows", "Lookahead"])
     ablations.main()
     assert trained == [ablations.PROTOCOLS["full"].baseline, "Lookahead, 5 steps, alpha 0.5"]
+    # The caption names the machine and precision the rows ran on, not the one that writes it.
+    caption, command = (tmp_path / "rows.md").read_text().splitlines()[:2]
+    assert caption.endswith("Machine: a CPU named by its rows; precision bf16.")
+    assert f"--out {tmp_path / 'rows.jsonl'} --table {tmp_path / 'rows.md'}" in command
