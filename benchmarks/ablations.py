@@ -200,7 +200,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="epochs of the baseline (proxy: 3, full: the recipe's 8)")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--deadline-s", type=float, help="start no row after this many seconds")
-    parser.add_argument("--rows", help="only the baseline and the rows whose name contains this text")
+    parser.add_argument("--rows", help="only the baseline and the rows whose name contains this text "
+                                       "(`baseline`: the baseline alone)")
     parser.add_argument("--runs-dir", default="runs/ablations")
     parser.add_argument("--out", help="rows as JSON lines [docs/results/accuracy_per_flop/<protocol's>.jsonl]")
     parser.add_argument("--table", help="markdown table [docs/results/accuracy_per_flop/<protocol's>.md]")
@@ -215,7 +216,7 @@ def main() -> None:
     done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     seen = {(d["row"], d["seed"]) for d in done}
     rows = {proto.baseline: {}, **{name: ROWS[name] for name in proto.rows if args.rows is None or args.rows in name}}
-    if len(rows) == 1:
+    if len(rows) == 1 and args.rows not in proto.baseline:  # `--rows baseline`: the baseline alone
         parser.error(f"no row of the {args.protocol} protocol contains {args.rows!r}")
     for seed in (int(s) for s in args.seeds.split(",")):
         for name, over in rows.items():

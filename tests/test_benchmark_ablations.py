@@ -97,6 +97,10 @@ def test_rows_picks_rows_by_name_and_refuses_a_name_no_row_has(tmp_path: Path, m
     monkeypatch.setattr(sys, "argv", [*argv, "--rows", "Lookahead"])
     ablations.main()
     assert trained == [ablations.PROTOCOLS["full"].baseline, "Lookahead, 5 steps, alpha 0.5"]
+    trained.clear()
+    monkeypatch.setattr(sys, "argv", [*argv, "--rows", "baseline", "--seeds", "1"])
+    ablations.main()
+    assert trained == [ablations.PROTOCOLS["full"].baseline]
     # The caption names the machine and precision the rows ran on, not the one that writes it.
     caption, command = (tmp_path / "rows.md").read_text().splitlines()[:2]
     assert caption.endswith("Machine: a CPU named by its rows; precision bf16.")
