@@ -1,0 +1,65 @@
+"""2x2 max-pool kernels, forward + backward, in the step's dtype and memory format: why the
+speed-run stages keep `nn.MaxPool2d` though pooling is ~12% of their step on a bf16 CPU.
+
+Times `F.max_pool2d` against two formulations built from other ops (a reshape + `amax`, and
+the elementwise maximum of the four strided 2x2 phases) on the three pooled shapes of the
+default recipe's 500-image slices, checking that each gives the same output.
+
+    .venv/bin/python benchmarks/pool_kernels.py [--batch 500] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from budgetnet.runtime import autocast_dtype
+
+
+def reshape_amax(x: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2, c).amax(dim=(2, 4)).permute(0, 3, 1, 2)
+
+
+def phase_maximum(x: torch.Tensor) -> torch.Tensor:
+    top = torch.maximum(x[:, :, ::2, ::2], x[:, :, ::2, 1::2])
+    return torch.maximum(top, torch.maximum(x[:, :, 1::2, ::2], x[:, :, 1::2, 1::2]))
+
+
+KERNELS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "F.max_pool2d": lambda x: F.max_pool2d(x, 2), "reshape + amax": reshape_amax, "four phases, maximum": phase_maximum}
+
+
+def fwd_bwd_ms(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int) -> float:
+    times = []
+    for _ in range(repeats + 1):  # the first is warm-up
+        leaf = x.detach().requires_grad_(True)
+        start = time.perf_counter()
+        fn(leaf).sum().backward()
+        times.append(time.perf_counter() - start)
+    return 1000 * min(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    dtype = autocast_dtype("auto", torch.device("cpu")) or torch.float32
+    print(f"dtype {str(dtype).removeprefix('torch.')}, channels_last, threads {torch.get_num_threads()}")
+    for c, side in ((64, 32), (256, 16), (256, 8)):  # speedrun_2m's three conv-pool stages
+        x = torch.randn(args.batch, c, side, side).to(dtype).to(memory_format=torch.channels_last)
+        reference = F.max_pool2d(x, 2)
+        cells = []
+        for name, fn in KERNELS.items():
+            same = "" if torch.equal(fn(x), reference) else " (DIFFERS)"
+            cells.append(f"{name} {fwd_bwd_ms(fn, x, args.repeats):.1f} ms{same}")
+        print(f"{args.batch}x{c}x{side}x{side}: " + " | ".join(cells))
+
+
+if __name__ == "__main__":
+    main()

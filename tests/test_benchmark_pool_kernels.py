@@ -1,0 +1,19 @@
+"""The pooling formulations the pool benchmark times compute the same 2x2 max-pool, so its
+timings compare like with like."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import load_benchmark
+
+pool_kernels = load_benchmark("pool_kernels")
+
+
+@pytest.mark.parametrize("name", sorted(pool_kernels.KERNELS))
+def test_every_kernel_is_a_2x2_max_pool_in_channels_last(name: str) -> None:
+    x = torch.randn(3, 5, 8, 6).to(memory_format=torch.channels_last)
+    out = pool_kernels.KERNELS[name](x)
+    assert torch.equal(out, F.max_pool2d(x, 2))
+    assert pool_kernels.fwd_bwd_ms(pool_kernels.KERNELS[name], x, repeats=1) > 0
