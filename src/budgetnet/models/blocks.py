@@ -229,7 +229,7 @@ class ConvPoolStage(nn.Module):
         super().__init__()
         self.conv = conv(in_ch, out_ch, 3)
         # ~12% of speedrun_2m's bf16 step on an AVX512-BF16 CPU, yet the fastest 2x2 max-pool
-        # there: 7-12x faster forward + backward than reshape + amax or a maximum of the four
+        # there: 2.6-5.2x faster forward + backward than reshape + amax or a maximum of the four
         # strided phases (benchmarks/pool_kernels.py).
         self.pool = nn.MaxPool2d(pool) if pool > 1 else nn.Identity()
         self.bn = nn.BatchNorm2d(out_ch)
