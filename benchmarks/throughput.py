@@ -5,8 +5,8 @@ For each model (default: the flagship and seed 002's ResNet26-B453):
   crop+flip, precision auto, channels_last), `--epochs` epochs over `--images` images; the
   fastest epoch after the first gives images/s, so one-time warm-up (oneDNN primitive
   creation, compilation) is excluded, and a timed epoch of a few steps that a neighbour on
-  the CPU slowed does not set the figure. The warm-up step's seconds (with --compile: the compile time) are
-  printed apart. With --compile, budgetnet is measured eager and compiled.
+  the CPU slowed does not set the figure. The warm-up step's seconds (with --compile: the
+  compile time) are printed apart. With --compile, budgetnet is measured eager and compiled.
 - the seeds' way: fp32 eager, NCHW, a torch DataLoader with per-sample numpy crop+flip+
   normalize and 2 workers, SGD momentum 0.9; timed after one warm-up step.
 Effective TFLOP/s = 3 x forward FLOPs per image x images/s (forward + backward ~ 3 forwards).
