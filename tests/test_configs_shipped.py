@@ -88,6 +88,17 @@ def test_recipe_validates_and_fits_the_budget(name: str, tmp_path: Path) -> None
     assert_round_trips(cfg, tmp_path)
 
 
+@pytest.mark.parametrize(("name", "most_pflop"), [("flagship", 0.25), ("long", 2.0)])
+def test_recipe_trains_within_its_compute_target(name: str, most_pflop: float) -> None:
+    """On the validation protocol (45,000 training images, whole batches) a recipe's planned
+    training compute, 3 x forward FLOPs x images, stays inside the compute its accuracy target
+    is set at."""
+    cfg = load_config(recipe=name)
+    images = cfg.train.epochs * (45_000 // cfg.train.batch_size) * cfg.train.batch_size
+    pflop = 3 * summarize(cfg.model).flops * images / 1e15
+    assert most_pflop * 0.75 < pflop <= most_pflop, pflop
+
+
 @pytest.mark.parametrize("path", sorted((CONFIGS.parent / "docs" / "results").rglob("*.yaml")),
                          ids=lambda p: p.parent.name)
 def test_run_configs_kept_in_docs_still_load(path: Path) -> None:
