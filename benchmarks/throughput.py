@@ -73,7 +73,8 @@ def budgetnet_rate(preset: str, data: str, images: int, batch: int, epochs: int,
         return rate, result.summary["precision"], result.summary["warmup_seconds"]
 
 
-def _best_seconds(fn, repeats: int = 5) -> float:
+def best_seconds(fn, repeats: int = 5) -> float:
+    """The fastest of `repeats` timed calls of `fn`, after one untimed warm-up call."""
     fn()  # warm-up: oneDNN primitive creation
     times = []
     for _ in range(repeats):
@@ -90,7 +91,7 @@ def machine_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, float
     8x8) in `dtype`: the ceiling a training step of this machine can approach."""
     n = 2048
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    gemm = 2 * n**3 / _best_seconds(lambda: a @ b) / 1e12
+    gemm = 2 * n**3 / best_seconds(lambda: a @ b) / 1e12
     conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).to(device, dtype)
     x = torch.randn(256, 256, 8, 8, device=device, dtype=dtype, requires_grad=True)
 
@@ -98,7 +99,7 @@ def machine_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, float
         conv(x).sum().backward()
 
     flops = 3 * 2 * 256 * 256 * 9 * 64 * 256  # forward + backward (input and weight grads)
-    return gemm, flops / _best_seconds(step) / 1e12
+    return gemm, flops / best_seconds(step) / 1e12
 
 
 def seeds_way_rate(preset: str, x: np.ndarray, y: np.ndarray, batch: int, steps: int) -> float:
