@@ -135,6 +135,10 @@ ROWS: dict[str, dict[str, Any]] = {
         "model": {"channels": [48, 192, 192]}, "optim": {"muon_ns_steps": 3}, "epochs_factor": 1.72},
     "widths 48/192/192 and blocks 1/1/2, 1.64x the steps at the same PFLOP": {
         "model": {"channels": [48, 192, 192], "blocks": [1, 1, 2]}, "epochs_factor": 1.64},
+    # Muon's filter lr (0.24) is airbench94's, tuned on the official PNGs with whole-batch BN and
+    # never measured here: the recipe's one large knob not yet moved at full size.
+    "Muon lr 0.16 instead of 0.24 (x2/3)": {"optim": {"muon_lr": 0.16}},
+    "Muon lr 0.36 instead of 0.24 (x1.5)": {"optim": {"muon_lr": 0.36}},
 }
 _WIDTHS = ("first block 32 wide (32/256/256), 1.33x the steps at the same PFLOP",
            "widths 48/192/192, 1.71x the steps at the same PFLOP", "widths 80/320/320, 0.66x the steps at the same PFLOP",
@@ -171,7 +175,8 @@ PROTOCOLS: dict[str, Protocol] = {
               "3 Newton-Schulz iterations instead of 5, as in airbench94 + Muon",
               "the two best three-seed means together (muon_ns_steps 3, label_smoothing 0)",
               "widths 48/192/192 and 3 Newton-Schulz iterations, 1.71x the steps at the same PFLOP",
-              "widths 48/192/192 and blocks 1/1/2, 1.64x the steps at the same PFLOP"),
+              "widths 48/192/192 and blocks 1/1/2, 1.64x the steps at the same PFLOP",
+              "Muon lr 0.16 instead of 0.24 (x2/3)", "Muon lr 0.36 instead of 0.24 (x1.5)"),
         describe="{epochs} epochs of 45,000 training images, validation on 5,000 held out (split seed 0)",
         outputs="ablations-full"),
 }

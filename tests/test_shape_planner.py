@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from budgetnet.config import load_config, recipe_mapping
 from budgetnet.errors import BudgetnetError
-from budgetnet.models import count_params
+from budgetnet.models import count_params, summarize
 from budgetnet.shape_planner import (
     MeasuredPoint,
     expected_accuracy,
@@ -58,9 +58,9 @@ def data(tmp_path: Path) -> Path:
     return write_npz(tmp_path / "easy.npz", make_synthetic({"train": 70, "test": 2}, seed=3, size=16))
 
 
-def planned(tmp_path: Path, data: Path, seconds: float, **run: object):
+def planned(tmp_path: Path, data: Path, seconds: float, train: dict | None = None, **run: object):
     table = write_table(tmp_path / "table.yaml", [NARROW, WIDE])
-    cfg = tiny_run_config(data, train={"shape_table": str(table), "time_budget_s": seconds})
+    cfg = tiny_run_config(data, train={"shape_table": str(table), "time_budget_s": seconds, **(train or {})})
     if run:
         cfg = cfg.model_copy(update=run)
     # A step of the wide shape "takes" 8x the narrow one's: 1 s vs 0.125 s.
@@ -76,6 +76,20 @@ def test_a_short_budget_picks_the_narrow_shape_a_long_one_the_wide(tmp_path: Pat
     long = planned(tmp_path, data, seconds=30.0)  # wide: 9.7 epochs (90%)
     assert long.choice.name == "wide" and long.config.model.channels == [32]
     assert {c.name for c in long.candidates} == {"narrow", "wide"}
+
+
+def test_a_compute_budget_caps_the_epochs_each_shape_is_expected_at(tmp_path: Path, data: Path) -> None:
+    cfg = tiny_run_config(data)
+    flops = {w: summarize(cfg.model.model_copy(update={"channels": [w]})).flops for w in (4, 32)}
+    # 30 s buy the wide shape 9.7 epochs (90%); a compute budget of 2 of its epochs (3 steps of 30)
+    # leaves it 50%, where the narrow shape's cheaper steps still buy it 8 epochs or more (70%).
+    pflop = 3 * flops[32] * 30 * 3 * 2 / 1e15
+    plan = planned(tmp_path, data, seconds=30.0, train={"pflop_budget": pflop})
+    expected = {c.name: c.epochs for c in plan.candidates}
+    assert expected["wide"] == pytest.approx(2.0)
+    assert expected["narrow"] == pytest.approx(min(0.97 * 30 / 0.125 / 3, 2.0 * flops[32] / flops[4]))
+    assert expected["narrow"] >= 8
+    assert plan.choice.name == "narrow" and plan.config.train.pflop_budget == pflop
 
 
 def test_shapes_over_the_parameter_budget_are_not_candidates(tmp_path: Path, data: Path) -> None:

@@ -194,6 +194,8 @@ def plan_shape(
         cost = summarize(candidate_cfg.model)
         seconds = step_seconds(candidate_cfg, device)
         epochs = _HEADROOM * tc.time_budget_s / seconds / steps_per_epoch
+        if tc.pflop_budget is not None:  # a compute budget binds as well: the tighter wins, as in training
+            epochs = min(epochs, tc.pflop_budget * 1e15 / (3 * cost.flops * tc.batch_size * steps_per_epoch))
         candidate = ShapeCandidate(
             shape.name, cost.params, cost.flops, seconds, epochs,
             expected_accuracy(shape.points, epochs, chance),
