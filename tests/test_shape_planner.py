@@ -25,6 +25,9 @@ from budgetnet.shape_planner import (
     plan_shape,
 )
 from budgetnet.train import engine
+from budgetnet.train.checkpoint import Progress
+from budgetnet.train.distributed import Ranks
+from budgetnet.train.planner import Planner, mean_train_flops_per_image
 
 POINTS = [MeasuredPoint(epochs=2, val_acc=60.0), MeasuredPoint(epochs=8, val_acc=80.0)]
 
@@ -90,6 +93,23 @@ def test_a_compute_budget_caps_the_epochs_each_shape_is_expected_at(tmp_path: Pa
     assert expected["narrow"] == pytest.approx(min(0.97 * 30 / 0.125 / 3, 2.0 * flops[32] / flops[4]))
     assert expected["narrow"] >= 8
     assert plan.choice.name == "narrow" and plan.config.train.pflop_budget == pflop
+
+
+def test_the_compute_cap_counts_progressive_stages_as_training_does(tmp_path: Path, data: Path) -> None:
+    # Half the steps on 8 px crops of the 16 px images: cheaper steps, so the same PFLOP pays for
+    # more of them, in the plan as in the run it plans.
+    stages = {"progressive": [{"size": 8, "until": 0.5}]}
+    cfg = tiny_run_config(data, train=stages)
+    wide = cfg.model_copy(update={"model": cfg.model.model_copy(update={"channels": [32]})})
+    mean = mean_train_flops_per_image(wide)
+    assert mean < summarize(wide.model).flops
+    pflop = 3 * mean * 30 * 3 * 2 / 1e15 * (1 + 1e-9)  # 2 epochs of 3 steps of 30 at the mean cost
+    plan = planned(tmp_path, data, seconds=30.0, train={"pflop_budget": pflop, **stages})
+    assert {c.name: c.epochs for c in plan.candidates}["wide"] == pytest.approx(2.0)
+    run = wide.model_copy(update={"train": wide.train.model_copy(update={"pflop_budget": pflop, "epochs": 50})})
+    planner = Planner(run, 3, Progress(), Ranks(torch.device("cpu")))
+    planner.plan(lambda: (0.0, 0.0, 0.0))
+    assert planner.progress.planned_steps == 6
 
 
 def test_shapes_over_the_parameter_budget_are_not_candidates(tmp_path: Path, data: Path) -> None:

@@ -34,6 +34,7 @@ from budgetnet.models.budget import over_limits
 from budgetnet.models.zoo import model_mapping
 from budgetnet.runtime import autocast_dtype, use_channels_last
 from budgetnet.train.optim import build_optimizer
+from budgetnet.train.planner import mean_train_flops_per_image
 
 # The engine's time-budget planner keeps 3% of the budget for what a step's time does not show.
 _HEADROOM = 0.97
@@ -195,7 +196,8 @@ def plan_shape(
         seconds = step_seconds(candidate_cfg, device)
         epochs = _HEADROOM * tc.time_budget_s / seconds / steps_per_epoch
         if tc.pflop_budget is not None:  # a compute budget binds as well: the tighter wins, as in training
-            epochs = min(epochs, tc.pflop_budget * 1e15 / (3 * cost.flops * tc.batch_size * steps_per_epoch))
+            per_epoch = 3 * mean_train_flops_per_image(candidate_cfg) * tc.batch_size * steps_per_epoch
+            epochs = min(epochs, tc.pflop_budget * 1e15 / per_epoch)
         candidate = ShapeCandidate(
             shape.name, cost.params, cost.flops, seconds, epochs,
             expected_accuracy(shape.points, epochs, chance),

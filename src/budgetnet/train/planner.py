@@ -47,12 +47,8 @@ class Planner:
             if stage.size > cfg.model.input_size:
                 raise BudgetnetError(f"progressive size {stage.size} is larger than the input size "
                                      f"{cfg.model.input_size}; stages train on downscaled images")
-        self.flops_per_image = summarize(cfg.model, cfg.budget).flops
-        # Resolved first: a smaller image goes through the strides built at full size.
-        self.stage_flops = {
-            s.size: summarize(cfg.model.resolved().model_copy(update={"input_size": s.size}), cfg.budget).flops
-            for s in cfg.train.progressive
-        }
+        self.flops_per_image, self.stage_flops = _flops_by_size(cfg)
+        self.mean_flops_per_image = _mean_over_stages(cfg, self.flops_per_image, self.stage_flops)
 
     # ---- the plan -------------------------------------------------------------------------
     def plan(self, time_steps: Callable[[], Timing]) -> None:
@@ -100,7 +96,7 @@ class Planner:
         """The most steps a run may take: its epochs', or the whole batches its PFLOP budget pays for."""
         cap = self.steps_per_epoch * self.train.epochs
         if self.train.pflop_budget is not None:
-            per_step = 3 * self._mean_flops_per_image() * self.train.batch_size / 1e15
+            per_step = 3 * self.mean_flops_per_image * self.train.batch_size / 1e15
             cap = min(cap, max(1, int(self.train.pflop_budget / per_step)))
         return cap
 
@@ -112,15 +108,6 @@ class Planner:
         assert budget is not None
         fit = p.global_step + int((0.97 * budget - elapsed) / seconds_per_step)
         return min(self._step_cap(), max(p.global_step + 1, fit))
-
-    def _mean_flops_per_image(self) -> float:
-        """Forward FLOPs per image averaged over the run: progressive stages cover fixed
-        fractions of it, the rest is at full size."""
-        mean, start = 0.0, 0.0
-        for stage in self.train.progressive:
-            mean += (stage.until - start) * self.stage_flops[stage.size]
-            start = stage.until
-        return mean + (1 - start) * self.flops_per_image
 
     # ---- the compute count ----------------------------------------------------------------
     def count(self, images: int, size: int | None) -> None:
@@ -145,6 +132,32 @@ class Planner:
         the size it was trained at."""
         assert self.progress.train_flop is not None
         return self.progress.train_flop / 1e15
+
+
+def mean_train_flops_per_image(cfg: RunConfig) -> float:
+    """Forward FLOPs per image averaged over a run of `cfg`, what a compute budget is divided
+    by: progressive stages at their sizes, the rest at full size. Training counts 3x this per
+    image (forward + backward)."""
+    full, stages = _flops_by_size(cfg)
+    return _mean_over_stages(cfg, full, stages)
+
+
+def _flops_by_size(cfg: RunConfig) -> tuple[int, dict[int, int]]:
+    """Forward FLOPs per image at full size, and at each progressive stage's size."""
+    # Resolved first: a smaller image goes through the strides built at full size.
+    resolved = cfg.model.resolved()
+    stages = {s.size: summarize(resolved.model_copy(update={"input_size": s.size}), cfg.budget).flops
+              for s in cfg.train.progressive}
+    return summarize(cfg.model, cfg.budget).flops, stages
+
+
+def _mean_over_stages(cfg: RunConfig, full: int, stages: dict[int, int]) -> float:
+    """Progressive stages cover fixed fractions of a run's steps; the rest is at full size."""
+    mean, start = 0.0, 0.0
+    for stage in cfg.train.progressive:
+        mean += (stage.until - start) * stages[stage.size]
+        start = stage.until
+    return mean + (1 - start) * full
 
 
 def time_steps(step: Callable[..., torch.Tensor | None],
