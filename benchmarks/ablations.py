@@ -141,6 +141,10 @@ ROWS: dict[str, dict[str, Any]] = {
     "Muon lr 0.36 instead of 0.24 (x1.5)": {"optim": {"muon_lr": 0.36}},
     "SGD lr of the BN shifts and stem bias x0.5 (106 -> 53; head unchanged)": {"optim": {"bn_bias_lr_scale": 0.5}},
     "SGD lr of the BN shifts and stem bias x2 (106 -> 212; head unchanged)": {"optim": {"bn_bias_lr_scale": 2.0}},
+    "head lr x0.5 (1.66 -> 0.83)": {"optim": {"head_lr_scale": 0.0078125}},
+    "head lr x2 (1.66 -> 3.31)": {"optim": {"head_lr_scale": 0.03125}},
+    "Muon momentum 0.5 instead of 0.6": {"optim": {"muon_momentum": 0.5}},
+    "Muon momentum 0.7 instead of 0.6": {"optim": {"muon_momentum": 0.7}},
 }
 _WIDTHS = ("first block 32 wide (32/256/256), 1.33x the steps at the same PFLOP",
            "widths 48/192/192, 1.71x the steps at the same PFLOP", "widths 80/320/320, 0.66x the steps at the same PFLOP",
@@ -180,7 +184,9 @@ PROTOCOLS: dict[str, Protocol] = {
               "widths 48/192/192 and blocks 1/1/2, 1.64x the steps at the same PFLOP",
               "Muon lr 0.16 instead of 0.24 (x2/3)", "Muon lr 0.36 instead of 0.24 (x1.5)",
               "SGD lr of the BN shifts and stem bias x0.5 (106 -> 53; head unchanged)",
-              "SGD lr of the BN shifts and stem bias x2 (106 -> 212; head unchanged)"),
+              "SGD lr of the BN shifts and stem bias x2 (106 -> 212; head unchanged)",
+              "head lr x0.5 (1.66 -> 0.83)", "head lr x2 (1.66 -> 3.31)",
+              "Muon momentum 0.5 instead of 0.6", "Muon momentum 0.7 instead of 0.6"),
         describe="{epochs} epochs of 45,000 training images, validation on 5,000 held out (split seed 0)",
         outputs="ablations-full"),
 }
