@@ -143,6 +143,7 @@ ROWS: dict[str, dict[str, Any]] = {
     "SGD lr of the BN shifts and stem bias x2 (106 -> 212; head unchanged)": {"optim": {"bn_bias_lr_scale": 2.0}},
     "head lr x0.5 (1.66 -> 0.83)": {"optim": {"head_lr_scale": 0.0078125}},
     "head lr x2 (1.66 -> 3.31)": {"optim": {"head_lr_scale": 0.03125}},
+    "head lr x4 (1.66 -> 6.62)": {"optim": {"head_lr_scale": 0.0625}},
     "Muon momentum 0.5 instead of 0.6": {"optim": {"muon_momentum": 0.5}},
     "Muon momentum 0.7 instead of 0.6": {"optim": {"muon_momentum": 0.7}},
 }
@@ -185,7 +186,7 @@ PROTOCOLS: dict[str, Protocol] = {
               "Muon lr 0.16 instead of 0.24 (x2/3)", "Muon lr 0.36 instead of 0.24 (x1.5)",
               "SGD lr of the BN shifts and stem bias x0.5 (106 -> 53; head unchanged)",
               "SGD lr of the BN shifts and stem bias x2 (106 -> 212; head unchanged)",
-              "head lr x0.5 (1.66 -> 0.83)", "head lr x2 (1.66 -> 3.31)",
+              "head lr x0.5 (1.66 -> 0.83)", "head lr x2 (1.66 -> 3.31)", "head lr x4 (1.66 -> 6.62)",
               "Muon momentum 0.5 instead of 0.6", "Muon momentum 0.7 instead of 0.6"),
         describe="{epochs} epochs of 45,000 training images, validation on 5,000 held out (split seed 0)",
         outputs="ablations-full"),
