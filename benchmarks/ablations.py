@@ -231,8 +231,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="epochs of the baseline (proxy: 3, full: the recipe's 8)")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--deadline-s", type=float, help="start no row after this many seconds")
-    parser.add_argument("--rows", help="only the baseline and the rows whose name contains this text "
-                                       "(`baseline`: the baseline alone)")
+    parser.add_argument("--rows", action="append", help="only the baseline and the rows whose name contains this "
+                                                         "text; repeat for several (`baseline`: the baseline alone)")
     parser.add_argument("--runs-dir", default="runs/ablations")
     parser.add_argument("--out", help="rows as JSON lines [docs/results/accuracy_per_flop/<protocol's>.jsonl]")
     parser.add_argument("--table", help="markdown table [docs/results/accuracy_per_flop/<protocol's>.md]")
@@ -246,9 +246,11 @@ def main() -> None:
     pflop = baseline_pflop(proto, args.epochs, args.data)
     done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     seen = {(d["row"], d["seed"]) for d in done}
-    rows = {proto.baseline: {}, **{name: ROWS[name] for name in proto.rows if args.rows is None or args.rows in name}}
-    if len(rows) == 1 and args.rows not in proto.baseline:  # `--rows baseline`: the baseline alone
-        parser.error(f"no row of the {args.protocol} protocol contains {args.rows!r}")
+    picked = [name for name in proto.rows if args.rows is None or any(text in name for text in args.rows)]
+    for text in args.rows or ():
+        if text not in proto.baseline and not any(text in name for name in picked):  # `baseline`: it alone
+            parser.error(f"no row of the {args.protocol} protocol contains {text!r}")
+    rows = {proto.baseline: {}, **{name: ROWS[name] for name in picked}}
     for seed in (int(s) for s in args.seeds.split(",")):
         for name, over in rows.items():
             if args.deadline_s is not None and time.monotonic() - started > args.deadline_s:

@@ -98,6 +98,15 @@ def test_rows_picks_rows_by_name_and_refuses_a_name_no_row_has(tmp_path: Path, m
     ablations.main()
     assert trained == [ablations.PROTOCOLS["full"].baseline, "Lookahead, 5 steps, alpha 0.5"]
     trained.clear()
+    # Several --rows pick every row any of them names; rows already recorded are not run again.
+    monkeypatch.setattr(sys, "argv", [*argv, "--rows", "Lookahead", "--rows", "cutout"])
+    ablations.main()
+    assert trained == ["cutout 12 px"]
+    trained.clear()
+    monkeypatch.setattr(sys, "argv", [*argv, "--rows", "cutout", "--rows", "no such row"])
+    with pytest.raises(SystemExit) as exc:
+        ablations.main()
+    assert exc.value.code == 2 and "contains 'no such row'" in capsys.readouterr().err
     monkeypatch.setattr(sys, "argv", [*argv, "--rows", "baseline", "--seeds", "1"])
     ablations.main()
     assert trained == [ablations.PROTOCOLS["full"].baseline]
