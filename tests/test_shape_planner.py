@@ -140,6 +140,16 @@ def test_a_wider_model_takes_longer_to_step(data: Path) -> None:
     assert measure_step_seconds(wide, torch.device("cpu")) > measure_step_seconds(cfg, torch.device("cpu")) > 0
 
 
+def test_step_time_counts_progressive_stages_as_training_takes_them(data: Path) -> None:
+    # 90% of the steps at 4 px instead of 32 px: 1/64 of the pixels there, so well under
+    # half the full-size seconds however the clock jitters (the compute cap's twin, above).
+    sections = {"data": {"input_size": 32}, "model": {"input_size": 32, "channels": [16]}}
+    cfg = tiny_run_config(data, **sections, train={"batch_size": 128})
+    progressive = tiny_run_config(data, **sections, train={"batch_size": 128, "progressive": [{"until": 0.9, "size": 4}]})
+    full = min(measure_step_seconds(cfg, torch.device("cpu")) for _ in range(3))
+    assert min(measure_step_seconds(progressive, torch.device("cpu")) for _ in range(3)) < 0.5 * full
+
+
 def test_bad_tables_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(BudgetnetError, match="neither a shipped table"):
         load_shape_table(str(tmp_path / "missing.yaml"))

@@ -34,7 +34,7 @@ from budgetnet.models.budget import over_limits
 from budgetnet.models.zoo import model_mapping
 from budgetnet.runtime import autocast_dtype, use_channels_last
 from budgetnet.train.optim import build_optimizer
-from budgetnet.train.planner import mean_train_flops_per_image
+from budgetnet.train.planner import mean_over_stages, mean_train_flops_per_image
 
 # The engine's time-budget planner keeps 3% of the budget for what a step's time does not show.
 _HEADROOM = 0.97
@@ -137,10 +137,11 @@ class ShapePlan:
 
 
 def measure_step_seconds(cfg: RunConfig, device: torch.device) -> float:
-    """Seconds one training step of `cfg` takes on `device`: forward and backward of one
-    micro-batch slice on random images, times the slices of a batch, plus one optimizer
-    step, each timed after a warm-up of its own. The engine times its real steps again
-    before training; this only has to rank the shapes, so one slice is enough."""
+    """Seconds one training step of `cfg` takes on `device`, averaged over a run: forward and
+    backward of one micro-batch slice on random images at full size and at each progressive
+    stage's size, weighted by the steps each takes, times the slices of a batch, plus one
+    optimizer step, each timed after a warm-up of its own. The engine times its real steps
+    again before training; this only has to rank the shapes, so one slice is enough."""
     tc = cfg.train
     amp = autocast_dtype(tc.precision, device)
     fmt = torch.channels_last if use_channels_last(tc.channels_last, device) else torch.contiguous_format
@@ -148,8 +149,6 @@ def measure_step_seconds(cfg: RunConfig, device: torch.device) -> float:
     optimizer = build_optimizer(model, cfg.optim)
     size = min(tc.micro_batch or tc.batch_size, tc.batch_size)
     slices = math.ceil(tc.batch_size / size)
-    x = torch.randn(size, cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size, device=device)
-    x = x.contiguous(memory_format=fmt)
     y = torch.randint(0, cfg.model.classes, (size,), device=device)
 
     def timed(fn: Any) -> float:
@@ -162,14 +161,21 @@ def measure_step_seconds(cfg: RunConfig, device: torch.device) -> float:
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
-    def forward_backward() -> None:
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
+    def slice_seconds(pixels: int) -> float:
+        x = torch.randn(size, cfg.model.in_channels, pixels, pixels, device=device).contiguous(memory_format=fmt)
 
-    slice_seconds = timed(forward_backward)
+        def forward_backward() -> None:
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+
+        return timed(forward_backward)
+
+    # Progressive stages train early steps on smaller images, as cheaper in seconds as in FLOPs.
+    stages = {stage.size: slice_seconds(stage.size) for stage in tc.progressive}
+    mean_slice_seconds = mean_over_stages(cfg, slice_seconds(cfg.model.input_size), stages)
     optimizer_seconds = timed(optimizer.step)
-    return slices * slice_seconds + optimizer_seconds
+    return slices * mean_slice_seconds + optimizer_seconds
 
 
 def plan_shape(

@@ -48,7 +48,7 @@ class Planner:
                 raise BudgetnetError(f"progressive size {stage.size} is larger than the input size "
                                      f"{cfg.model.input_size}; stages train on downscaled images")
         self.flops_per_image, self.stage_flops = _flops_by_size(cfg)
-        self.mean_flops_per_image = _mean_over_stages(cfg, self.flops_per_image, self.stage_flops)
+        self.mean_flops_per_image = mean_over_stages(cfg, self.flops_per_image, self.stage_flops)
 
     # ---- the plan -------------------------------------------------------------------------
     def plan(self, time_steps: Callable[[], Timing]) -> None:
@@ -139,7 +139,7 @@ def mean_train_flops_per_image(cfg: RunConfig) -> float:
     by: progressive stages at their sizes, the rest at full size. Training counts 3x this per
     image (forward + backward)."""
     full, stages = _flops_by_size(cfg)
-    return _mean_over_stages(cfg, full, stages)
+    return mean_over_stages(cfg, full, stages)
 
 
 def _flops_by_size(cfg: RunConfig) -> tuple[int, dict[int, int]]:
@@ -151,11 +151,13 @@ def _flops_by_size(cfg: RunConfig) -> tuple[int, dict[int, int]]:
     return summarize(cfg.model, cfg.budget).flops, stages
 
 
-def _mean_over_stages(cfg: RunConfig, full: int, stages: dict[int, int]) -> float:
-    """Progressive stages cover fixed fractions of a run's steps; the rest is at full size."""
+def mean_over_stages(cfg: RunConfig, full: float, by_size: dict[int, float]) -> float:
+    """The mean over a run of `cfg` of what a step or image costs at full size (`full`) and at each
+    progressive stage's size (`by_size`): FLOPs, seconds. Stages cover fixed fractions of a
+    run's steps; the rest is at full size."""
     mean, start = 0.0, 0.0
     for stage in cfg.train.progressive:
-        mean += (stage.until - start) * stages[stage.size]
+        mean += (stage.until - start) * by_size[stage.size]
         start = stage.until
     return mean + (1 - start) * full
 
