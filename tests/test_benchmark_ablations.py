@@ -63,6 +63,12 @@ def test_full_protocol_matches_the_default_runs_compute() -> None:
                           ("widths 48/192/192, 1.71x the steps at the same PFLOP", 301),
                           ("widths 80/320/320, 0.66x the steps at the same PFLOP", 115)):
         assert steps(ablations.row_config(proto, ablations.ROWS[row], 0, DATA, proto.epochs, pflop), 45_000) == expected, row
+    # Crop rows: the steps their smaller maps' compute pays for, not their epochs' (the cap binds).
+    for row, expected in (("random 28 px crops throughout (whole 32 px images at validation), 1.32x the steps", 233),
+                          ("random 24 px crops for the first 40%, 1.24x the steps", 217),
+                          ("widths 48/192/256 and random 28 px crops throughout, 2.02x the steps", 355)):
+        cfg = ablations.row_config(proto, ablations.ROWS[row], 0, DATA, proto.epochs, pflop)
+        assert steps(cfg, 45_000) == expected < 22 * cfg.train.epochs, row
 
 
 def test_proxy_keeps_its_measured_rows() -> None:

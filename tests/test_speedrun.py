@@ -207,6 +207,40 @@ def test_progressive_resizing_trains_small_then_full_and_counts_its_flops(tmp_pa
     assert s["train_pflop"] == pytest.approx(3 * 40 * 3 * (small + full) / 1e15)
 
 
+def test_progressive_crops_are_windows_of_the_batch_at_full_scale(tmp_path: Path, data: Path,
+                                                                                    monkeypatch) -> None:
+    """A crop stage hands the step random 24x24 windows of the augmented 32x32 batch (not a
+    downscale: every window is found whole in its image), drawn anew each step, and charges
+    each step at 24x24."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # (what the step got, the full batch)
+    real_step, real_smaller = engine._Trainer._step, engine._Trainer._smaller
+
+    def smaller(self, x, stage, step):
+        out = real_smaller(self, x, stage, step)
+        seen.append((out.float(), x.float()))
+        return out
+
+    def step(self, x, y, index):
+        if x.shape[-1] == 32:
+            seen.append((x.float(), x.float()))
+        return real_step(self, x, y, index)
+
+    monkeypatch.setattr(engine._Trainer, "_smaller", smaller)
+    monkeypatch.setattr(engine._Trainer, "_step", step)
+    cfg = speedrun_config(data, epochs=2, progressive=[{"until": 0.5, "size": 24, "mode": "crop"}])
+    s = engine.train(cfg, tmp_path / "run", quiet=True).summary
+    assert [out.shape[-1] for out, _ in seen] == [24, 24, 24, 32, 32, 32]
+    for out, full in seen[:3]:
+        windows = full.unfold(2, 24, 1).unfold(3, 24, 1)  # N, C, 9, 9, 24, 24: every window of each image
+        found = (windows == out[:, :, None, None]).all(-1).all(-1).all(1).flatten(1).any(1)
+        assert found.all()
+    places = {tuple(((full.unfold(2, 24, 1).unfold(3, 24, 1) == out[:, :, None, None])
+                     .all(-1).all(-1).all(1).flatten(1).int().argmax(1)).tolist()) for out, full in seen[:3]}
+    assert len(places) == 3  # a new draw each step
+    small = summarize(cfg.model.resolved().model_copy(update={"input_size": 24})).flops
+    assert s["train_pflop"] == pytest.approx(3 * 40 * 3 * (small + summarize(cfg.model).flops) / 1e15)
+
+
 def test_the_default_recipe_trains_its_bn_shifts(tmp_path: Path, data: Path) -> None:
     """The recipe's SGD learning rates are airbench's for budgetnet's loss, the batch mean
     (airbench sums over the batch): 0.053 for the BN shifts there is 0.053 x 2,000 images here.

@@ -130,6 +130,17 @@ def test_a_checkpoint_from_before_step_schedules_resumes_the_same(tmp_path: Path
     assert_same_weights(whole, cut)
 
 
+def test_resume_inside_a_progressive_crop_stage_crops_as_the_uninterrupted_run(tmp_path: Path, data: Path,
+                                                                                 capsys) -> None:
+    """The crops of a step depend on (seed, step) alone: a run stopped after its first epoch
+    and resumed in the middle of its crop stage trains the same windows, so the same weights."""
+    cfg = tiny_config(data, progressive=[{"until": 0.8, "size": 24, "mode": "crop"}])
+    whole, cut = train_whole_and_cut(cfg, tmp_path)
+    assert main(["train", "--resume", str(cut), "--quiet"]) == 0, capsys.readouterr().err
+    assert_same_history(whole, cut)
+    assert_same_weights(whole, cut)
+
+
 def test_sigint_mid_epoch_then_resume_matches_uninterrupted(
     tmp_path: Path, data: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:

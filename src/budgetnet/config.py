@@ -41,6 +41,9 @@ class ResizeStage(BaseModel):
 
     until: float = Field(gt=0, le=1)
     size: int = Field(ge=4, le=4096)
+    mode: Literal["resize", "crop"] = Field(
+        "resize", description="resize: the whole augmented image, downscaled (objects shrink); crop: a random "
+        "size x size window of it per image (objects keep their scale, the borders are left out)")
 
 
 def require_increasing(values: list[float], rule: str) -> None:
@@ -108,8 +111,8 @@ class TrainConfig(BaseModel):
     )
     progressive: list[ResizeStage] = Field(
         default_factory=list,
-        description="progressive resizing: early steps on downscaled images, which cost fewer FLOPs "
-        "(FLOPs scale with pixels); stages in order of `until`, full size after the last",
+        description="progressive resizing: early steps on smaller images (downscaled or cropped), which "
+        "cost fewer FLOPs (FLOPs scale with pixels); stages in order of `until`, full size after the last",
     )
     data_selection: DataSelectionConfig | None = Field(
         None, description="InfoBatch: each epoch, images whose last loss is below the mean sit out with "

@@ -195,6 +195,22 @@ class BatchAugment:
         return out
 
 
+def random_crop(x: Tensor, size: int, generator: torch.Generator) -> Tensor:
+    """A `size` x `size` window of each image of `x` (N,C,H,W, any dtype) at a uniformly random
+    place, in `x`'s memory format: a smaller view at the objects' own scale."""
+    n, c, h, w = x.shape
+    if size > min(h, w):
+        raise ValueError(f"crop size {size} is larger than the images ({h}x{w})")
+    dev = x.device
+    top = torch.randint(0, h - size + 1, (n, 1), generator=generator, device=dev)
+    left = torch.randint(0, w - size + 1, (n, 1), generator=generator, device=dev)
+    rows, cols = top + torch.arange(size, device=dev), left + torch.arange(size, device=dev)
+    flat = (rows[:, :, None] * w + cols[:, None, :]).reshape(n, 1, size * size).expand(n, c, size * size)
+    out = x.reshape(n, c, h * w).gather(2, flat).view(n, c, size, size)
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
 # --------------------------------------------------------------------------------- helpers
 
 def _rand(n: int, g: torch.Generator, like: Tensor) -> Tensor:

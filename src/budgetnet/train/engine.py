@@ -34,8 +34,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from budgetnet.config import RunConfig, dump_config, fit_to_data
+from budgetnet.config import ResizeStage, RunConfig, dump_config, fit_to_data
 from budgetnet.data import BatchAugment, DeviceLoader, prepare_data
+from budgetnet.data.augment import random_crop
+from budgetnet.data.loader import epoch_seed
 from budgetnet.errors import BudgetnetError
 from budgetnet.evaluate import evaluate_loader
 from budgetnet.files import LOCK_NAME, DirLock, atomic_write_bytes, write_json
@@ -54,6 +56,10 @@ from budgetnet.train.rundir import environment_info, new_run_dir, record_resume
 from budgetnet.train.schedules import Plateau, PlateauSchedule, lr_factor
 from budgetnet.train.selection import DataSelection
 from budgetnet.train.tracking import epoch_loggers
+
+# The random stream of a step's progressive crops (rank r: this + r), keyed by the step, not the
+# epoch; the loader's shuffle is stream 0, the data selection's 1.
+_CROP_STREAM = 2
 
 __all__ = ["BEST", "LAST", "PREVIOUS", "RunResult", "TrainingInterrupted", "train"]
 
@@ -218,14 +224,25 @@ class _Trainer:
         for i, (x, y, index) in books.remaining(self.loader):
             step = self.progress.global_step
             self._set_lr(step)
-            size = self.planner.size_at(step)
-            if size is not None:  # antialiased downscale: a smaller view of the same augmented batch
-                x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            stage = self.planner.stage_at(step)
+            if stage is not None:
+                x = self._smaller(x, stage, step)
             correct, loss = self._step(x, y, index)
-            books.stepped(i, correct, loss, len(y) * self.ranks.world_size, size)
+            books.stepped(i, correct, loss, len(y) * self.ranks.world_size, stage.size if stage else None)
             if books.stop_now():
                 break
         books.end()
+
+    def _smaller(self, x: torch.Tensor, stage: ResizeStage, step: int) -> torch.Tensor:
+        """A progressive stage's smaller view of the augmented batch: downscaled (antialiased),
+        or a random window per image whose places depend only on (seed, step, rank), so a
+        resumed run crops as the uninterrupted one did."""
+        if stage.mode == "resize":
+            return nn.functional.interpolate(x, size=(stage.size, stage.size), mode="bilinear", antialias=True,
+                                             align_corners=False)
+        generator = torch.Generator(device=x.device)
+        generator.manual_seed(epoch_seed(self.cfg.train.seed, step, stream=_CROP_STREAM + self.ranks.rank))
+        return random_crop(x, stage.size, generator)
 
     def _set_lr(self, step: int) -> None:
         """Every group's lr at `step`: its peak times the schedule's factor over the planned

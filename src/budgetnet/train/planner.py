@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from budgetnet.config import RunConfig
+from budgetnet.config import ResizeStage, RunConfig
 from budgetnet.errors import BudgetnetError
 from budgetnet.models import summarize
 from budgetnet.train.checkpoint import Progress
@@ -85,11 +85,11 @@ class Planner:
     def planned_epochs(self) -> int:
         return math.ceil(self.progress.planned_steps / self.steps_per_epoch)
 
-    def size_at(self, step: int) -> int | None:
-        """The progressive-resizing size of `step` (None: full size)."""
+    def stage_at(self, step: int) -> ResizeStage | None:
+        """The progressive-resizing stage of `step` (None: full size)."""
         for stage in self.train.progressive:
             if step < stage.until * self.progress.planned_steps:
-                return stage.size
+                return stage
         return None
 
     def _step_cap(self) -> int:
