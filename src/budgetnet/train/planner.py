@@ -11,7 +11,7 @@ follows the new length at once, since it is a function of (step, planned steps).
 cutting a longer one short).
 
 Training compute is counted as 3 x forward FLOPs per image (forward + backward) x images
-trained, at the size each was trained at (`train.progressive` downscales early steps), the
+trained, at the size each was trained at (`train.progressive` downscales or crops early steps), the
 same on every machine. Plan and counts live in the run's `Progress`, so a checkpoint keeps them.
 
 In a data-parallel run the ranks take their steps together, so rank 0's clock stands for all:
@@ -46,7 +46,7 @@ class Planner:
         for stage in cfg.train.progressive:  # each size must fit the network: checked before any training
             if stage.size > cfg.model.input_size:
                 raise BudgetnetError(f"progressive size {stage.size} is larger than the input size "
-                                     f"{cfg.model.input_size}; stages train on downscaled images")
+                                     f"{cfg.model.input_size}; stages train on smaller images")
         self.flops_per_image, self.stage_flops = _flops_by_size(cfg)
         self.mean_flops_per_image = mean_over_stages(cfg, self.flops_per_image, self.stage_flops)
 

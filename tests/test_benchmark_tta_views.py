@@ -1,0 +1,23 @@
+"""The TTA-views benchmark scores the recipe's 6 views exactly as evaluation computes them, so
+its comparison of view sets is against what the product ships."""
+
+from __future__ import annotations
+
+import torch
+from conftest import load_benchmark
+from torch import nn
+
+from budgetnet.evaluate import predict_logits
+
+tta_views = load_benchmark("tta_views")
+
+
+def test_the_recipes_view_set_is_evaluations_tta() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(5)).eval()
+    x = torch.randn(6, 3, 8, 8)
+    with torch.no_grad():
+        weights = tta_views.VIEW_SETS["the recipe's 6 views"]
+        ours = sum(w * model(tta_views.shifted(x.flip(-1) if f else x, dy, dx)) for (f, dy, dx), w in weights.items())
+        torch.testing.assert_close(ours, predict_logits(model, x, tta=True))
+    assert sum(weights.values()) == 1 and len(tta_views.VIEWS) == 26 == len(set(tta_views.VIEWS))
