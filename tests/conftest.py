@@ -199,13 +199,14 @@ def write_noisy_npz(path: Path, n: int, seed: int) -> Path:
 
 
 def train_tiny(data: Path, out: Path, *options: str, epochs: int = 2) -> Path:
-    """A tiny run (one 8-channel block, 3 classes, fp32, one thread on the CPU) in `out`;
-    `options` add to or override the defaults (later flags win)."""
+    """A tiny run (one 8-channel block, 3 classes, fp32, one thread on the CPU, no progressive
+    crops) in `out`; `options` add to or override the defaults (later flags win)."""
     from budgetnet.cli import main
 
     code = main(["train", "--data", str(data), "--blocks", "1", "--channels", "8", "--classes", "3",
                  "--epochs", str(epochs), "--batch-size", "16", "--optimizer", "sgd", "--lr", "0.1", "--precision", "fp32",
-                 "--threads", "1", "--device", "cpu", "--set", "train.tta=true", "--quiet", "--out", str(out),
+                 "--threads", "1", "--device", "cpu", "--set", "train.tta=true", "--set", "train.progressive=[]",
+                 "--quiet", "--out", str(out),
                  *options])
     assert code == 0
     return out
@@ -213,8 +214,8 @@ def train_tiny(data: Path, out: Path, *options: str, epochs: int = 2) -> Path:
 
 def tiny_run_config(dataset: Path, **sections: dict) -> RunConfig:
     """A 1,443-parameter ResNet on 16x16 images of `dataset` (3 classes), 2 epochs of batch 30 on one
-    CPU thread in fp32, without TTA or a time budget, 60 validation images: a run takes about a
-    second. `sections` (section -> fields) are laid over it."""
+    CPU thread in fp32, without TTA, a time budget or progressive crops, 60 validation images: a run
+    takes about a second. `sections` (section -> fields) are laid over it."""
     base = {
         "data": {"path": str(dataset), "input_size": 16, "val_size": 60},
         "model": {"preset": None, "blocks": [1], "channels": [8], "classes": 3, "input_size": 16},
@@ -222,6 +223,6 @@ def tiny_run_config(dataset: Path, **sections: dict) -> RunConfig:
         "optim": {"name": "sgd", "lr": 0.1, "nesterov": True, "no_decay_bn_bias": True},
         "schedule": {"warmup_epochs": 1.0},
         "train": {"epochs": 2, "batch_size": 30, "precision": "fp32", "threads": 1, "device": "cpu", "tta": False,
-                  "time_budget_s": None},
+                  "time_budget_s": None, "progressive": []},
     }
     return load_config(overrides=deep_merge(base, sections))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import load_benchmark
 
-from budgetnet.config import RunConfig
+from budgetnet.config import RunConfig, load_config
 from budgetnet.train.checkpoint import Progress
 from budgetnet.train.distributed import Ranks
 from budgetnet.train.planner import Planner
@@ -120,3 +120,17 @@ def test_rows_picks_rows_by_name_and_refuses_a_name_no_row_has(tmp_path: Path, m
     caption, command = (tmp_path / "rows.md").read_text().splitlines()[:2]
     assert caption.endswith("Machine: a CPU named by its rows; precision bf16.")
     assert f"--out {tmp_path / 'rows.jsonl'} --table {tmp_path / 'rows.md'}" in command
+
+
+def test_the_nine_epoch_crop_row_is_the_default_recipe() -> None:
+    """The row measured as the default's crop stage trains what `budgetnet train` trains with no
+    recipe named: the same config but for the benchmark's compute cap, and the same 198 steps."""
+    proto = ablations.PROTOCOLS["full"]
+    pflop = ablations.baseline_pflop(proto, proto.epochs, DATA)
+    row = ablations.row_config(proto, ablations.ROWS["random 28 px crops for the first 50%, 9 epochs (1.125x the steps)"],
+                               0, DATA, proto.epochs, pflop)
+    default = load_config(overrides={"name": "ablation", "data": row.data.model_dump()})
+    assert row.train.progressive[0].side(32) == default.train.progressive[0].side(32) == 28
+    unpinned = {"progressive": default.train.progressive, "pflop_budget": None}
+    assert row.model_copy(update={"train": row.train.model_copy(update=unpinned)}) == default
+    assert steps(row, 45_000) == steps(default, 45_000) == 198

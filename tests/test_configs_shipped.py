@@ -14,8 +14,9 @@ from conftest import make_synthetic, write_npz
 
 from budgetnet.config import RunConfig, dump_config, list_recipes, load_config, recipe_mapping
 from budgetnet.errors import BudgetnetError
-from budgetnet.models import count_params, summarize
+from budgetnet.models import count_params
 from budgetnet.train.engine import train
+from budgetnet.train.planner import mean_train_flops_per_image
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 SEED_CONFIGS = sorted(CONFIGS.glob("seed00*.yaml"))
@@ -95,7 +96,7 @@ def test_recipe_trains_within_its_compute_target(name: str, most_pflop: float) -
     is set at."""
     cfg = load_config(recipe=name)
     images = cfg.train.epochs * (45_000 // cfg.train.batch_size) * cfg.train.batch_size
-    pflop = 3 * summarize(cfg.model).flops * images / 1e15
+    pflop = 3 * mean_train_flops_per_image(cfg) * images / 1e15  # progressive stages at their sizes
     assert most_pflop * 0.75 < pflop <= most_pflop, pflop
 
 
@@ -148,7 +149,7 @@ def test_every_report_config_and_recipe_trains_two_steps(path: Path | str, tmp_p
     over = {"data": {"path": str(data), "val_size": 6}, "model": {"classes": 3},
             "train": {"batch_size": 8, "micro_batch": None, "threads": 1, "time_budget_s": None, "tta": False}}
     cfg = load_config(path, over) if isinstance(path, Path) else load_config(overrides=over, recipe=path)
-    per_step = 3 * summarize(cfg.model).flops * 8 / 1e15
+    per_step = 3 * mean_train_flops_per_image(cfg) * 8 / 1e15  # two steps: one of them cropped, where the recipe crops
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"pflop_budget": 2.5 * per_step})})
     s = train(cfg, tmp_path / "run", quiet=True).summary
     assert s["steps_run"] == 2 and s["train_pflop"] == pytest.approx(2 * per_step)

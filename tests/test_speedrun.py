@@ -16,7 +16,9 @@ from budgetnet.errors import BudgetnetError
 from budgetnet.models import build_model, count_params, get_preset, load_model_section, summarize
 from budgetnet.models.blocks import WhiteningStem
 from budgetnet.train import engine
-from budgetnet.train.checkpoint import load_checkpoint
+from budgetnet.train.checkpoint import Progress, load_checkpoint
+from budgetnet.train.distributed import Ranks
+from budgetnet.train.planner import Planner, mean_train_flops_per_image
 
 
 def test_whitening_stem_decorrelates_the_patches_it_was_fitted_on() -> None:
@@ -209,14 +211,14 @@ def test_progressive_resizing_trains_small_then_full_and_counts_its_flops(tmp_pa
 
 def test_progressive_crops_are_windows_of_the_batch_at_full_scale(tmp_path: Path, data: Path,
                                                                                     monkeypatch) -> None:
-    """A crop stage hands the step random 24x24 windows of the augmented 32x32 batch (not a
-    downscale: every window is found whole in its image), drawn anew each step, and charges
-    each step at 24x24."""
+    """A crop stage at 3/4 of the side hands the step random 24x24 windows of the augmented
+    32x32 batch (not a downscale: every window is found whole in its image), drawn anew each
+    step, and charges each step at 24x24."""
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # (what the step got, the full batch)
     real_step, real_smaller = engine._Trainer._step, engine._Trainer._smaller
 
-    def smaller(self, x, stage, step):
-        out = real_smaller(self, x, stage, step)
+    def smaller(self, x, mode, side, step):
+        out = real_smaller(self, x, mode, side, step)
         seen.append((out.float(), x.float()))
         return out
 
@@ -227,7 +229,7 @@ def test_progressive_crops_are_windows_of_the_batch_at_full_scale(tmp_path: Path
 
     monkeypatch.setattr(engine._Trainer, "_smaller", smaller)
     monkeypatch.setattr(engine._Trainer, "_step", step)
-    cfg = speedrun_config(data, epochs=2, progressive=[{"until": 0.5, "size": 24, "mode": "crop"}])
+    cfg = speedrun_config(data, epochs=2, progressive=[{"until": 0.5, "scale": 0.75, "mode": "crop"}])
     s = engine.train(cfg, tmp_path / "run", quiet=True).summary
     assert [out.shape[-1] for out, _ in seen] == [24, 24, 24, 32, 32, 32]
     for out, full in seen[:3]:
@@ -260,3 +262,21 @@ def test_progressive_stages_are_checked() -> None:
 
     with pytest.raises(ValueError, match="increasing"):
         TrainConfig(progressive=[{"until": 0.6, "size": 24}, {"until": 0.3, "size": 16}])
+    for sides in ({}, {"size": 24, "scale": 0.75}):
+        with pytest.raises(ValueError, match="either `size` \\(pixels\\) or `scale`"):
+            TrainConfig(progressive=[{"until": 0.5, **sides}])
+    for scale in (0, 1, 1.5):
+        with pytest.raises(ValueError, match="scale"):
+            TrainConfig(progressive=[{"until": 0.5, "scale": scale}])
+
+
+@pytest.mark.parametrize(("input_size", "side"), [(32, 28), (64, 56), (96, 84), (20, 18), (24, 21)])
+def test_a_scaled_stage_takes_its_side_from_the_input(input_size: int, side: int) -> None:
+    """The default recipe's crop stage is 7/8 of the side (rounded half up), whatever the images'
+    size, and its FLOPs and the planner's check use that side."""
+    stage = load_config().train.progressive[0]
+    assert stage.scale == 0.875 and stage.side(input_size) == side
+    cfg = load_config(overrides={"model": {"input_size": input_size}})
+    full, at_side = (summarize(cfg.model.resolved().model_copy(update={"input_size": n})).flops for n in (input_size, side))
+    assert mean_train_flops_per_image(cfg) == pytest.approx(0.5 * full + 0.5 * at_side)
+    Planner(cfg, 10, Progress(), Ranks(torch.device("cpu")))  # fits: no error

@@ -11,12 +11,13 @@ never imports the loop (`train.engine`), which imports it.
 
 from __future__ import annotations
 
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from budgetnet.data import AugmentConfig, DataConfig, DataShape, data_shape
 from budgetnet.errors import BudgetnetError
@@ -35,15 +36,32 @@ LIMIT_KEYS = ("budget", "max_flops", "max_bytes", "int8_bytes", "max_latency_ms"
 
 
 class ResizeStage(BaseModel):
-    """Train at `size` x `size` until `until` (a fraction of the planned steps)."""
+    """Train on smaller images until `until` (a fraction of the planned steps): `size` pixels a
+    side, or `scale` times the input's side."""
 
     model_config = ConfigDict(extra="forbid")
 
     until: float = Field(gt=0, le=1)
-    size: int = Field(ge=4, le=4096)
+    size: int | None = Field(None, ge=4, le=4096, description="the side in pixels")
+    scale: float | None = Field(
+        None, gt=0, lt=1, description="the side as a fraction of the input's, rounded (0.875: 28 of 32, 56 of "
+        "64): for a recipe meant for images of any size")
     mode: Literal["resize", "crop"] = Field(
         "resize", description="resize: the whole augmented image, downscaled (objects shrink); crop: a random "
         "size x size window of it per image (objects keep their scale, the borders are left out)")
+
+    @model_validator(mode="after")
+    def _one_side(self) -> ResizeStage:
+        if (self.size is None) == (self.scale is None):
+            raise ValueError("a progressive stage takes either `size` (pixels) or `scale` (of the input's side)")
+        return self
+
+    def side(self, input_size: int) -> int:
+        """The stage's side in pixels, for inputs of `input_size` a side."""
+        if self.size is not None:
+            return self.size
+        assert self.scale is not None
+        return max(1, math.floor(self.scale * input_size + 0.5))
 
 
 def require_increasing(values: list[float], rule: str) -> None:

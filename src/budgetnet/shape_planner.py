@@ -172,7 +172,8 @@ def measure_step_seconds(cfg: RunConfig, device: torch.device) -> float:
         return timed(forward_backward)
 
     # Progressive stages train early steps on smaller images, as cheaper in seconds as in FLOPs.
-    stages = {stage.size: slice_seconds(stage.size) for stage in tc.progressive}
+    sides = {stage.side(cfg.model.input_size) for stage in tc.progressive}
+    stages = {side: slice_seconds(side) for side in sides}
     mean_slice_seconds = mean_over_stages(cfg, slice_seconds(cfg.model.input_size), stages)
     optimizer_seconds = timed(optimizer.step)
     return slices * mean_slice_seconds + optimizer_seconds

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from budgetnet.config import ResizeStage, RunConfig, dump_config, fit_to_data
+from budgetnet.config import RunConfig, dump_config, fit_to_data
 from budgetnet.data import BatchAugment, DeviceLoader, prepare_data
 from budgetnet.data.augment import random_crop
 from budgetnet.data.loader import epoch_seed
@@ -225,24 +225,26 @@ class _Trainer:
             step = self.progress.global_step
             self._set_lr(step)
             stage = self.planner.stage_at(step)
+            side = None  # full size
             if stage is not None:
-                x = self._smaller(x, stage, step)
+                side = stage.side(self.planner.input_size)
+                x = self._smaller(x, stage.mode, side, step)
             correct, loss = self._step(x, y, index)
-            books.stepped(i, correct, loss, len(y) * self.ranks.world_size, stage.size if stage else None)
+            books.stepped(i, correct, loss, len(y) * self.ranks.world_size, side)
             if books.stop_now():
                 break
         books.end()
 
-    def _smaller(self, x: torch.Tensor, stage: ResizeStage, step: int) -> torch.Tensor:
+    def _smaller(self, x: torch.Tensor, mode: str, side: int, step: int) -> torch.Tensor:
         """A progressive stage's smaller view of the augmented batch: downscaled (antialiased),
         or a random window per image whose places depend only on (seed, step, rank), so a
         resumed run crops as the uninterrupted one did."""
-        if stage.mode == "resize":
-            return nn.functional.interpolate(x, size=(stage.size, stage.size), mode="bilinear", antialias=True,
+        if mode == "resize":
+            return nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True,
                                              align_corners=False)
         generator = torch.Generator(device=x.device)
         generator.manual_seed(epoch_seed(self.cfg.train.seed, step, stream=_CROP_STREAM + self.ranks.rank))
-        return random_crop(x, stage.size, generator)
+        return random_crop(x, side, generator)
 
     def _set_lr(self, step: int) -> None:
         """Every group's lr at `step`: its peak times the schedule's factor over the planned

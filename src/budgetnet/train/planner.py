@@ -43,9 +43,10 @@ class Planner:
 
     def __init__(self, cfg: RunConfig, steps_per_epoch: int, progress: Progress, ranks: Ranks) -> None:
         self.train, self.steps_per_epoch, self.progress, self.ranks = cfg.train, steps_per_epoch, progress, ranks
+        self.input_size = cfg.model.input_size
         for stage in cfg.train.progressive:  # each size must fit the network: checked before any training
-            if stage.size > cfg.model.input_size:
-                raise BudgetnetError(f"progressive size {stage.size} is larger than the input size "
+            if stage.side(self.input_size) > self.input_size:
+                raise BudgetnetError(f"progressive size {stage.side(self.input_size)} is larger than the input size "
                                      f"{cfg.model.input_size}; stages train on smaller images")
         self.flops_per_image, self.stage_flops = _flops_by_size(cfg)
         self.mean_flops_per_image = mean_over_stages(cfg, self.flops_per_image, self.stage_flops)
@@ -146,18 +147,18 @@ def _flops_by_size(cfg: RunConfig) -> tuple[int, dict[int, int]]:
     """Forward FLOPs per image at full size, and at each progressive stage's size."""
     # Resolved first: a smaller image goes through the strides built at full size.
     resolved = cfg.model.resolved()
-    stages = {s.size: summarize(resolved.model_copy(update={"input_size": s.size}), cfg.budget).flops
-              for s in cfg.train.progressive}
+    sides = {stage.side(cfg.model.input_size) for stage in cfg.train.progressive}
+    stages = {side: summarize(resolved.model_copy(update={"input_size": side}), cfg.budget).flops for side in sides}
     return summarize(cfg.model, cfg.budget).flops, stages
 
 
 def mean_over_stages(cfg: RunConfig, full: float, by_size: dict[int, float]) -> float:
     """The mean over a run of `cfg` of what a step or image costs at full size (`full`) and at each
-    progressive stage's size (`by_size`): FLOPs, seconds. Stages cover fixed fractions of a
+    progressive stage's side in pixels (`by_size`): FLOPs, seconds. Stages cover fixed fractions of a
     run's steps; the rest is at full size."""
     mean, start = 0.0, 0.0
     for stage in cfg.train.progressive:
-        mean += (stage.until - start) * by_size[stage.size]
+        mean += (stage.until - start) * by_size[stage.side(cfg.model.input_size)]
         start = stage.until
     return mean + (1 - start) * full
 
