@@ -16,10 +16,9 @@ import statistics
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from budgetnet.data import DeviceLoader
-from budgetnet.evaluate import eval_data_config, find_checkpoint, load_split, load_trained
+from budgetnet.evaluate import eval_data_config, find_checkpoint, load_split, load_trained, shift
 from budgetnet.machine import describe_machine
 from budgetnet.runtime import autocast_dtype
 
@@ -38,13 +37,6 @@ VIEW_SETS: dict[str, dict[View, float]] = {
 }
 
 
-def shifted(x: torch.Tensor, dy: int, dx: int, pad: int = 2) -> torch.Tensor:
-    """Translated by (dy, dx) pixels, the border filled by reflection (as the recipe's TTA)."""
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    h, w = x.shape[-2:]
-    return padded[..., pad - dy: pad - dy + h, pad - dx: pad - dx + w]
-
-
 @torch.no_grad()
 def view_logits(run: Path, data: str | None) -> tuple[dict[View, torch.Tensor], torch.Tensor]:
     trained = load_trained(find_checkpoint(run))
@@ -57,7 +49,7 @@ def view_logits(run: Path, data: str | None) -> tuple[dict[View, torch.Tensor], 
     with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
         for xb, _ in loader:
             for f, dy, dx in VIEWS:
-                logits[(f, dy, dx)].append(model(shifted(xb.flip(-1) if f else xb, dy, dx)).float())
+                logits[(f, dy, dx)].append(model(shift(xb.flip(-1) if f else xb, dy, dx)).float())
     return {v: torch.cat(t) for v, t in logits.items()}, y
 
 

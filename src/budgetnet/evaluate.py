@@ -66,11 +66,12 @@ class EvalResult:
         }
 
 
-def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """Translate by (dy, dx) pixels, filling the border by reflection."""
-    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """`x` (N,C,H,W) translated by (dy, dx) pixels, the border filled by reflection: a TTA view."""
+    pad = max(abs(dy), abs(dx))
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     h, w = x.shape[-2:]
-    return padded[..., 1 - dy: 1 - dy + h, 1 - dx: 1 - dx + w]
+    return padded[..., pad - dy: pad - dy + h, pad - dx: pad - dx + w]
 
 
 def predict_logits(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
@@ -81,7 +82,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torc
     def mirrored(v: torch.Tensor) -> torch.Tensor:
         return 0.5 * (model(v) + model(v.flip(-1)))
 
-    return 0.5 * mirrored(x) + 0.25 * mirrored(_shift(x, -1, -1)) + 0.25 * mirrored(_shift(x, 1, 1))
+    return 0.5 * mirrored(x) + 0.25 * mirrored(shift(x, -1, -1)) + 0.25 * mirrored(shift(x, 1, 1))
 
 
 @torch.no_grad()

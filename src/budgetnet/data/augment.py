@@ -204,9 +204,7 @@ def random_crop(x: Tensor, size: int, generator: torch.Generator) -> Tensor:
     dev = x.device
     top = torch.randint(0, h - size + 1, (n, 1), generator=generator, device=dev)
     left = torch.randint(0, w - size + 1, (n, 1), generator=generator, device=dev)
-    rows, cols = top + torch.arange(size, device=dev), left + torch.arange(size, device=dev)
-    flat = (rows[:, :, None] * w + cols[:, None, :]).reshape(n, 1, size * size).expand(n, c, size * size)
-    out = x.reshape(n, c, h * w).gather(2, flat).view(n, c, size, size)
+    out = _gather(x, top + torch.arange(size, device=dev), left + torch.arange(size, device=dev))
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
@@ -269,11 +267,19 @@ def _crop_flip(x: Tensor, crop: CropConfig | None, flip: FlipConfig | None,
         cols = torch.where(flipped[:, None], cols.flip(1), cols)
         if valid is not None:
             valid = torch.where(flipped[:, None, None], valid.flip(2), valid)
-    flat = (rows[:, :, None] * w + cols[:, None, :]).reshape(n, 1, h * w).expand(n, c, h * w)
-    out = x.reshape(n, c, h * w).gather(2, flat).view(n, c, h, w)
+    out = _gather(x, rows, cols)
     if valid is not None:
         out = out * valid[:, None].to(out.dtype)
     return out
+
+
+def _gather(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """Pixels of each image of `x` (N,C,H,W) at its own rows (N,R) and columns (N,S): an N,C,R,S
+    batch from one gather over the flattened pixels."""
+    n, c, h, w = x.shape
+    r, s = rows.shape[1], cols.shape[1]
+    flat = (rows[:, :, None] * w + cols[:, None, :]).reshape(n, 1, r * s).expand(n, c, r * s)
+    return x.reshape(n, c, h * w).gather(2, flat).view(n, c, r, s)
 
 
 def _affine_grid(theta: Tensor, h: int, w: int) -> Tensor:
