@@ -48,7 +48,7 @@ class ResizeStage(BaseModel):
         "64): for a recipe meant for images of any size")
     mode: Literal["resize", "crop"] = Field(
         "resize", description="resize: the whole augmented image, downscaled (objects shrink); crop: a random "
-        "size x size window of it per image (objects keep their scale, the borders are left out)")
+        "square window of it per image at the stage's side (objects keep their scale, the borders are left out)")
 
     @model_validator(mode="after")
     def _one_side(self) -> ResizeStage:
