@@ -134,3 +134,9 @@ def test_the_nine_epoch_crop_row_is_the_default_recipe() -> None:
     unpinned = {"progressive": default.train.progressive, "pflop_budget": None}
     assert row.model_copy(update={"train": row.train.model_copy(update=unpinned)}) == default
     assert steps(row, 45_000) == steps(default, 45_000) == 198
+    # The rows on top of it: batch 1,000 takes the steps the compute pays for, the others its 198.
+    on_top = {"batch 1,000": 401, "no label smoothing": 198, "translate up to 1 px": 198}
+    for change, expected in on_top.items():
+        cfg = ablations.row_config(proto, ablations.ROWS[f"the default's crops with {change} (9 epochs)"], 0, DATA,
+                                   proto.epochs, pflop)
+        assert cfg.train.progressive == row.train.progressive and steps(cfg, 45_000) == expected, change
