@@ -60,6 +60,8 @@ _MEAN_LOSS_LRS = {"lr": 106.0, "head_lr_scale": 0.015625}
 # Both protocols' rows were measured against the default recipe before it cropped its first half
 # (the full protocol's crop rows are that change), so their baselines leave the crops out.
 _BEFORE_CROPS = {"progressive": []}
+# The default recipe's crop stage, in pixels as its rows were measured: 28 px for the first half.
+_CROPS_28_HALF = [{"until": 0.5, "size": 28, "mode": "crop"}]
 ROWS: dict[str, dict[str, Any]] = {
     "3x3 conv stem (BN, 24 ch) instead of whitening": {"model": {"stem": "conv", "stem_width": 24}},
     "kaiming init instead of dirac": {"model": {"conv_init": "kaiming"}},
@@ -164,7 +166,7 @@ ROWS: dict[str, dict[str, Any]] = {
     "random 28 px crops for the first 75%, 1.22x the steps": {
         "train": {"progressive": [{"until": 0.75, "size": 28, "mode": "crop"}]}, "epochs_factor": 1.23},
     "random 28 px crops for the first 50%, 1.14x the steps": {
-        "train": {"progressive": [{"until": 0.5, "size": 28, "mode": "crop"}]}, "epochs_factor": 1.15},
+        "train": {"progressive": _CROPS_28_HALF}, "epochs_factor": 1.15},
     "random 26 px crops for the first 50%, 1.17x the steps": {
         "train": {"progressive": [{"until": 0.5, "size": 26, "mode": "crop"}]}, "epochs_factor": 1.18},
     "random 24 px crops for the first 40%, 1.24x the steps": {
@@ -182,29 +184,29 @@ ROWS: dict[str, dict[str, Any]] = {
         "epochs_factor": 1.28},
     "widths 48/192/256 and random 28 px crops for the first 50%, 1.75x the steps": {
         "model": {"channels": [48, 192, 256]},
-        "train": {"progressive": [{"until": 0.5, "size": 28, "mode": "crop"}]}, "epochs_factor": 1.75},
+        "train": {"progressive": _CROPS_28_HALF}, "epochs_factor": 1.75},
     "random 28 px crops for the first 50% and Muon momentum 0.7, 1.14x the steps": {
         "optim": {"muon_momentum": 0.7},
-        "train": {"progressive": [{"until": 0.5, "size": 28, "mode": "crop"}]}, "epochs_factor": 1.15},
+        "train": {"progressive": _CROPS_28_HALF}, "epochs_factor": 1.15},
     "random 28 px crops for the first 50% and 3 Newton-Schulz iterations, 1.14x the steps": {
         "optim": {"muon_ns_steps": 3},
-        "train": {"progressive": [{"until": 0.5, "size": 28, "mode": "crop"}]}, "epochs_factor": 1.15},
+        "train": {"progressive": _CROPS_28_HALF}, "epochs_factor": 1.15},
     # The 50% row in whole epochs, as a recipe states its length: 9 of 22 steps, 198 steps.
     "random 28 px crops for the first 50%, 9 epochs (1.125x the steps)": {
-        "train": {"progressive": [{"until": 0.5, "size": 28, "mode": "crop"}]}, "epochs_factor": 1.125},
+        "train": {"progressive": _CROPS_28_HALF}, "epochs_factor": 1.125},
     # On top of the default's crops (the row above), the changes that came nearest alone before
     # them or that the crops could change: more, smaller steps (401 of 1,000: the compute cap
     # binds), no label smoothing (+0.05 alone on three seeds), less translation where the crop
     # stage already moves the window.
     "the default's crops with batch 1,000 (9 epochs)": {
-        "train": {"progressive": [{"until": 0.5, "size": 28, "mode": "crop"}], "batch_size": 1000},
+        "train": {"progressive": _CROPS_28_HALF, "batch_size": 1000},
         "epochs_factor": 1.125},
     "the default's crops with no label smoothing (9 epochs)": {
-        "train": {"progressive": [{"until": 0.5, "size": 28, "mode": "crop"}], "label_smoothing": 0.0},
+        "train": {"progressive": _CROPS_28_HALF, "label_smoothing": 0.0},
         "epochs_factor": 1.125},
     "the default's crops with translate up to 1 px (9 epochs)": {
         "augment": {"crop": {"padding": 1}},
-        "train": {"progressive": [{"until": 0.5, "size": 28, "mode": "crop"}]}, "epochs_factor": 1.125},
+        "train": {"progressive": _CROPS_28_HALF}, "epochs_factor": 1.125},
 }
 _CROPS = ("random 28 px crops throughout (whole 32 px images at validation), 1.32x the steps",
           "random 28 px crops for the first 75%, 1.22x the steps", "random 28 px crops for the first 50%, 1.14x the steps",

@@ -45,9 +45,10 @@ class Planner:
         self.train, self.steps_per_epoch, self.progress, self.ranks = cfg.train, steps_per_epoch, progress, ranks
         self.input_size = cfg.model.input_size
         for stage in cfg.train.progressive:  # each size must fit the network: checked before any training
-            if stage.side(self.input_size) > self.input_size:
-                raise BudgetnetError(f"progressive size {stage.side(self.input_size)} is larger than the input size "
-                                     f"{cfg.model.input_size}; stages train on smaller images")
+            side = stage.side(self.input_size)
+            if side > self.input_size:
+                raise BudgetnetError(f"progressive size {side} is larger than the input size "
+                                     f"{self.input_size}; stages train on smaller images")
         self.flops_per_image, self.stage_flops = _flops_by_size(cfg)
         self.mean_flops_per_image = mean_over_stages(cfg, self.flops_per_image, self.stage_flops)
 
