@@ -60,6 +60,17 @@ def test_non_positive_lr_flag(capsys, npz: Path, lr: str) -> None:
     assert "optim.lr" in line and "greater than 0" in line
 
 
+@pytest.mark.parametrize(("stage", "says"), [
+    ("{until: 0.5}", "either `size` (pixels) or `scale`"),
+    ("{until: 0.5, size: 28, scale: 0.875}", "either `size` (pixels) or `scale`"),
+    ("{until: 0.5, scale: 1.2}", "less than 1"),
+])
+def test_a_progressive_stage_without_exactly_one_side(capsys, npz: Path, tmp_path: Path, stage: str, says: str) -> None:
+    line = fails(capsys, "train", "--data", npz, *TINY, "--set", f"train.progressive=[{stage}]", "--out", tmp_path / "r")
+    assert "train.progressive[0]" in line and says in line, line
+    assert not (tmp_path / "r").exists()
+
+
 def test_negative_lr_in_yaml(capsys, npz: Path, tmp_path: Path) -> None:
     cfg = write_yaml(tmp_path / "c.yaml", {"data": {"path": str(npz)}, "optim": {"lr": -1}})
     assert "optim.lr" in fails(capsys, "train", "--config", cfg)
