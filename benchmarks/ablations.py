@@ -62,6 +62,8 @@ _MEAN_LOSS_LRS = {"lr": 106.0, "head_lr_scale": 0.015625}
 _BEFORE_CROPS = {"progressive": []}
 # The default recipe's crop stage, in pixels as its rows were measured: 28 px for the first half.
 _CROPS_28_HALF = [{"until": 0.5, "size": 28, "mode": "crop"}]
+# The default recipe itself in the full protocol: those crops over 9 epochs (1.125x the 8).
+_DEFAULT_CROPS = {"train": {"progressive": _CROPS_28_HALF}, "epochs_factor": 1.125}
 ROWS: dict[str, dict[str, Any]] = {
     "3x3 conv stem (BN, 24 ch) instead of whitening": {"model": {"stem": "conv", "stem_width": 24}},
     "kaiming init instead of dirac": {"model": {"conv_init": "kaiming"}},
@@ -192,29 +194,22 @@ ROWS: dict[str, dict[str, Any]] = {
         "optim": {"muon_ns_steps": 3},
         "train": {"progressive": _CROPS_28_HALF}, "epochs_factor": 1.15},
     # The 50% row in whole epochs, as a recipe states its length: 9 of 22 steps, 198 steps.
-    "random 28 px crops for the first 50%, 9 epochs (1.125x the steps)": {
-        "train": {"progressive": _CROPS_28_HALF}, "epochs_factor": 1.125},
+    "random 28 px crops for the first 50%, 9 epochs (1.125x the steps)": _DEFAULT_CROPS,
     # On top of the default's crops (the row above), the changes that came nearest alone before
     # them or that the crops could change: more, smaller steps (401 of 1,000: the compute cap
     # binds), no label smoothing (+0.05 alone on three seeds), less translation where the crop
     # stage already moves the window.
-    "the default's crops with batch 1,000 (9 epochs)": {
-        "train": {"progressive": _CROPS_28_HALF, "batch_size": 1000},
-        "epochs_factor": 1.125},
-    "the default's crops with no label smoothing (9 epochs)": {
-        "train": {"progressive": _CROPS_28_HALF, "label_smoothing": 0.0},
-        "epochs_factor": 1.125},
-    "the default's crops with translate up to 1 px (9 epochs)": {
-        "augment": {"crop": {"padding": 1}},
-        "train": {"progressive": _CROPS_28_HALF}, "epochs_factor": 1.125},
+    "the default's crops with batch 1,000 (9 epochs)": deep_merge(_DEFAULT_CROPS, {"train": {"batch_size": 1000}}),
+    "the default's crops with no label smoothing (9 epochs)": deep_merge(
+        _DEFAULT_CROPS, {"train": {"label_smoothing": 0.0}}),
+    "the default's crops with translate up to 1 px (9 epochs)": deep_merge(
+        _DEFAULT_CROPS, {"augment": {"crop": {"padding": 1}}}),
     # Not yet measured: the Nesterov momentum airbench94 + Muon gives its SGD part (the recipe
     # runs plain momentum), and a run that ends at a tenth of the peak lr instead of zero.
-    "the default's crops with Nesterov SGD on the BN shifts and head (9 epochs)": {
-        "optim": {"nesterov": True},
-        "train": {"progressive": _CROPS_28_HALF}, "epochs_factor": 1.125},
-    "the default's crops with the lr ending at 0.1 of its peak (9 epochs)": {
-        "schedule": {"min_lr_factor": 0.1},
-        "train": {"progressive": _CROPS_28_HALF}, "epochs_factor": 1.125},
+    "the default's crops with Nesterov SGD on the BN shifts and head (9 epochs)": deep_merge(
+        _DEFAULT_CROPS, {"optim": {"nesterov": True}}),
+    "the default's crops with the lr ending at 0.1 of its peak (9 epochs)": deep_merge(
+        _DEFAULT_CROPS, {"schedule": {"min_lr_factor": 0.1}}),
 }
 _CROPS = ("random 28 px crops throughout (whole 32 px images at validation), 1.32x the steps",
           "random 28 px crops for the first 75%, 1.22x the steps", "random 28 px crops for the first 50%, 1.14x the steps",
