@@ -204,8 +204,8 @@ ROWS: dict[str, dict[str, Any]] = {
         _DEFAULT_CROPS, {"train": {"label_smoothing": 0.0}}),
     "the default's crops with translate up to 1 px (9 epochs)": deep_merge(
         _DEFAULT_CROPS, {"augment": {"crop": {"padding": 1}}}),
-    # Not yet measured: the Nesterov momentum airbench94 + Muon gives its SGD part (the recipe
-    # runs plain momentum), and a run that ends at a tenth of the peak lr instead of zero.
+    # The Nesterov momentum airbench94 + Muon gives its SGD part (the recipe runs plain
+    # momentum), and a run that ends at a tenth of the peak lr instead of zero.
     "the default's crops with Nesterov SGD on the BN shifts and head (9 epochs)": deep_merge(
         _DEFAULT_CROPS, {"optim": {"nesterov": True}}),
     "the default's crops with the lr ending at 0.1 of its peak (9 epochs)": deep_merge(
