@@ -137,12 +137,11 @@ def test_the_nine_epoch_crop_row_is_the_default_recipe() -> None:
     # The rows on top of it: batch 1,000 takes the steps the compute pays for, the others its 198.
     on_top = {"batch 1,000": 401, "no label smoothing": 198, "translate up to 1 px": 198,
               "Nesterov SGD on the BN shifts and head": 198, "the lr ending at 0.1 of its peak": 198}
+    cfgs = {change: ablations.row_config(proto, ablations.ROWS[f"the default's crops with {change} (9 epochs)"], 0,
+                                         DATA, proto.epochs, pflop) for change in on_top}
     for change, expected in on_top.items():
-        cfg = ablations.row_config(proto, ablations.ROWS[f"the default's crops with {change} (9 epochs)"], 0, DATA,
-                                   proto.epochs, pflop)
+        cfg = cfgs[change]
         assert cfg.train.progressive == row.train.progressive and steps(cfg, 45_000) == expected, change
-    nesterov, tail = (ablations.row_config(proto, ablations.ROWS[f"the default's crops with {change} (9 epochs)"], 0,
-                                           DATA, proto.epochs, pflop)
-                      for change in ("Nesterov SGD on the BN shifts and head", "the lr ending at 0.1 of its peak"))
+    nesterov, tail = cfgs["Nesterov SGD on the BN shifts and head"], cfgs["the lr ending at 0.1 of its peak"]
     assert nesterov.optim.nesterov and not row.optim.nesterov
     assert tail.schedule.min_lr_factor == 0.1 and row.schedule.min_lr_factor == 0.0
