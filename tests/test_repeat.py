@@ -132,6 +132,11 @@ def test_killed_repeat_continues_and_trains_every_seed_once(data: Path, tmp_path
     run_repeat(cfg, out, seeds=[0, 1, 2])
     run_repeat(cfg, out, seeds=[0, 1, 2, 3])
     assert calls[4:] == [("seed-3", False)]
+    # A later call naming one new seed trains it and summarizes every finished seed in the folder.
+    more = run_repeat(cfg, out, seeds=[5])
+    assert calls[5:] == [("seed-5", False)]
+    assert [m["seed"] for m in more.summary["members"]] == [0, 1, 2, 3, 5] and more.summary["final_val_acc"]["n"] == 5
+    assert (out / "summary.md").read_text().count("| seed-") == 5
     with pytest.raises(BudgetnetError, match="another config"):
         run_repeat(tiny_run_config(data, optim={"lr": 0.05}), out, seeds=[0])
 

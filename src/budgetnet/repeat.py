@@ -11,8 +11,10 @@ Folder layout:
 
 Resumable like a search: running the same repeat again skips the finished members (those with
 a summary.json), resumes a half-finished one from its checkpoint (`train(..., resume=True)`)
-and trains the rest. Seeds vary `train.seed` (initialization, batch order, augmentation) on
-one validation split; folds vary the split (`data.fold`), each fold validating once.
+and trains the rest; seeds can also come a few a call (`--seeds 3`, then `--seeds 4`), and each
+call summarizes every finished seed in the folder. Seeds vary `train.seed` (initialization,
+batch order, augmentation) on one validation split; folds vary the split (`data.fold`), each
+fold validating once.
 """
 
 from __future__ import annotations
@@ -121,7 +123,19 @@ def run_repeat(
         _say(progress, f"repeat: {m.name} ({i}/{len(members)}) {'resumed' if resume else 'started'}")
         hook = (lambda row, name=m.name: on_epoch_end(name, row)) if on_epoch_end is not None else None
         train(member_cfg, run_dir, resume=resume, quiet=quiet, on_epoch_end=hook)
-    return write_summary(out, members)
+    return write_summary(out, _with_earlier_seeds(out, cfg, members))
+
+
+def _with_earlier_seeds(out: Path, cfg: RunConfig, members: list[Member]) -> list[Member]:
+    """The members plus the finished seeds an earlier call trained into `out` (a repeat run a
+    few seeds a call summarizes all of them), in seed order; folds are all named every call."""
+    if members[0].fold is not None:
+        return members
+    named = {m.seed for m in members}
+    earlier = [int(p.name.removeprefix("seed-")) for p in out.glob("seed-*")
+               if p.name.removeprefix("seed-").isdigit() and (p / "summary.json").is_file()]
+    extra = [Member(f"seed-{s}", s, None, _with(cfg, train={"seed": s})) for s in earlier if s not in named]
+    return sorted([*members, *extra], key=lambda m: m.seed)
 
 
 def _claim(out: Path, cfg: RunConfig) -> None:
