@@ -87,7 +87,8 @@ def trained_on(run: Path) -> dict[str, Any] | None:
     env = json.loads((run / "environment.json").read_text())
     if "cpu" not in env:
         return None
-    return {"cpu": env["cpu"], "capability": env["cpu_capability"], "threads": env["threads"], "torch": env["torch"],
+    return {"cpu": env["cpu"], "capability": env["cpu_capability"], "bf16_units": env.get("cpu_bf16_units"),
+            "threads": env["threads"], "torch": env["torch"],
             **({"gpu": env["gpu"]} if "gpu" in env else {})}
 
 

@@ -22,6 +22,7 @@ from PIL import Image
 from budgetnet import runtime
 from budgetnet.cli import main
 from budgetnet.config import load_config, recipe_mapping
+from budgetnet.machine import cpu_bf16_units
 from budgetnet.train.callbacks import METRIC_COLUMNS
 from budgetnet.train.checkpoint import load_checkpoint
 
@@ -83,8 +84,9 @@ def test_train_synthetic_run_directory(tmp_path: Path, easy_npz: Path, capsys) -
 
     env = json.loads((out / "environment.json").read_text())
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["threads"] == 1
-    # The machine a run's seconds belong to: the CPU model and the ISA level torch ran at.
+    # The machine a run's seconds belong to: the CPU model, the ISA level torch ran at, its bf16 units.
     assert env["cpu"] and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert env["cpu_bf16_units"] == cpu_bf16_units()
 
     columns, rows = read_rows(out / "metrics.csv")
     assert columns == METRIC_COLUMNS

@@ -15,7 +15,7 @@ import torch
 
 import budgetnet
 from budgetnet.files import write_json
-from budgetnet.machine import cpu_model
+from budgetnet.machine import cpu_bf16_units, cpu_model
 
 
 def new_run_dir(root: Path, name: str) -> Path:
@@ -30,7 +30,7 @@ def new_run_dir(root: Path, name: str) -> Path:
 
 
 def environment_info(device: torch.device) -> dict[str, Any]:
-    """Versions, CPU model and ISA level, device and threads, and the git commit when run from a
+    """Versions, CPU model, ISA level and bf16 units, device and threads, and the git commit when run from a
     checkout."""
     info: dict[str, Any] = {
         "budgetnet": budgetnet.__version__,
@@ -40,6 +40,7 @@ def environment_info(device: torch.device) -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpu": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16_units": cpu_bf16_units(),
         "device": str(device),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
