@@ -27,7 +27,7 @@ def cpu_model() -> str:
 def cpu_bf16_units() -> str | None:
     """The CPU's native bf16 units, `AMX-BF16` or `AVX512-BF16`, else None (bf16 emulated).
     torch's capability reads `AVX512` for both, and their bf16 peaks differ about 3x (2048^3
-    matmul: 2.3-2.6 TFLOP/s on 2 AMX cores, 0.67-0.81 on 2 AVX512-BF16 cores)."""
+    matmul: 2.1-2.6 TFLOP/s on 2 AMX cores, 0.67-0.81 on 2 AVX512-BF16 cores)."""
     if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
         return "AMX-BF16"
     if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
