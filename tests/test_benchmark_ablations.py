@@ -122,26 +122,32 @@ def test_rows_picks_rows_by_name_and_refuses_a_name_no_row_has(tmp_path: Path, m
     assert f"--out {tmp_path / 'rows.jsonl'} --table {tmp_path / 'rows.md'}" in command
 
 
-def test_the_nine_epoch_crop_row_is_the_default_recipe() -> None:
-    """The row measured as the default's crop stage trains what `budgetnet train` trains with no
-    recipe named: the same config but for the benchmark's compute cap, and the same 198 steps."""
+def test_the_batch_1000_row_is_the_default_recipe() -> None:
+    """The row measured as the default recipe trains what `budgetnet train` trains with no recipe
+    named: the same config but for the benchmark's compute cap, and the same 401 steps; the row
+    it is measured against, the default before batch 1,000, its 198 steps of 2,000."""
     proto = ablations.PROTOCOLS["full"]
     pflop = ablations.baseline_pflop(proto, proto.epochs, DATA)
-    row = ablations.row_config(proto, ablations.ROWS["random 28 px crops for the first 50%, 9 epochs (1.125x the steps)"],
+    crops = ablations.row_config(proto, ablations.ROWS["random 28 px crops for the first 50%, 9 epochs (1.125x the steps)"],
+                                 0, DATA, proto.epochs, pflop)
+    row = ablations.row_config(proto, ablations.ROWS["the default's crops with batch 1,000 and Muon lr 0.17 (9 epochs)"],
                                0, DATA, proto.epochs, pflop)
     default = load_config(overrides={"name": "ablation", "data": row.data.model_dump()})
     assert row.train.progressive[0].side(32) == default.train.progressive[0].side(32) == 28
-    unpinned = {"progressive": default.train.progressive, "pflop_budget": None}
+    unpinned = {"progressive": default.train.progressive, "pflop_budget": default.train.pflop_budget}
     assert row.model_copy(update={"train": row.train.model_copy(update=unpinned)}) == default
-    assert steps(row, 45_000) == steps(default, 45_000) == 198
-    # The rows on top of it: batch 1,000 takes the steps the compute pays for, the others its 198.
+    assert steps(row, 45_000) == steps(default, 45_000) == 401
+    assert (crops.train.batch_size, crops.optim.muon_lr, steps(crops, 45_000)) == (2000, 0.24, 198)
+    # The rows on top of the crops at batch 2,000: batch 1,000 takes the steps the compute pays
+    # for, the others its 198.
     on_top = {"batch 1,000": 401, "no label smoothing": 198, "translate up to 1 px": 198,
               "Nesterov SGD on the BN shifts and head": 198, "the lr ending at 0.1 of its peak": 198}
     cfgs = {change: ablations.row_config(proto, ablations.ROWS[f"the default's crops with {change} (9 epochs)"], 0,
                                          DATA, proto.epochs, pflop) for change in on_top}
     for change, expected in on_top.items():
         cfg = cfgs[change]
-        assert cfg.train.progressive == row.train.progressive and steps(cfg, 45_000) == expected, change
+        assert cfg.train.progressive == crops.train.progressive and steps(cfg, 45_000) == expected, change
+        assert cfg.optim.muon_lr == 0.24, change
     nesterov, tail = cfgs["Nesterov SGD on the BN shifts and head"], cfgs["the lr ending at 0.1 of its peak"]
-    assert nesterov.optim.nesterov and not row.optim.nesterov
-    assert tail.schedule.min_lr_factor == 0.1 and row.schedule.min_lr_factor == 0.0
+    assert nesterov.optim.nesterov and not crops.optim.nesterov
+    assert tail.schedule.min_lr_factor == 0.1 and crops.schedule.min_lr_factor == 0.0
