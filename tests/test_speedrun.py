@@ -147,6 +147,18 @@ def test_pflop_budget_plans_the_steps_it_pays_for(tmp_path: Path, data: Path, st
         assert budget - per_step < s["train_pflop"] <= budget
 
 
+def test_a_compute_cap_below_the_epochs_is_said_before_training(tmp_path: Path, data: Path, capsys) -> None:
+    """More epochs than the PFLOP budget pays for: the run says so before its first step, and
+    says nothing where the budget holds all the epochs."""
+    cfg = speedrun_config(data, epochs=2)
+    per_step = 3 * summarize(cfg.model).flops * cfg.train.batch_size / 1e15
+    for name, budget in (("capped", 2.5 * per_step), ("uncapped", 100 * per_step)):
+        capped = cfg.model_copy(update={"train": cfg.train.model_copy(update={"pflop_budget": budget})})
+        engine.train(capped, tmp_path / name, quiet=False)
+        out = capsys.readouterr().out
+        assert ("PFLOP: 2 of the 2 epochs' 6 steps (pflop_budget none trains them all)" in out) == (name == "capped")
+
+
 def test_pflop_flag_and_budget_none_from_the_cli(tmp_path: Path, data: Path, capsys) -> None:
     from budgetnet.cli import main
 

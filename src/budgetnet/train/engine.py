@@ -383,6 +383,11 @@ class _Trainer:
             self.ranks.copy_from_main(self.model)
         if not p.planned_steps:  # a resumed run keeps its plan
             planner.plan(self._time_steps)
+            paid = planner.compute_steps
+            if paid is not None and paid < planner.epoch_steps and not self.quiet and self.ranks.is_main:
+                # Said up front: more --epochs alone do not lengthen a compute-capped run.
+                print(f"compute budget {self.cfg.train.pflop_budget:g} PFLOP: {paid} of the {self.cfg.train.epochs} "
+                      f"epochs' {planner.epoch_steps} steps (pflop_budget none trains them all)")
         reporter = ProgressReporter(planner.planned_epochs, len(self.loader), quiet=self.quiet,
                                     silent=not self.ranks.is_main)
         with SignalGuard() as guard:

@@ -94,13 +94,22 @@ class Planner:
                 return stage
         return None
 
+    @property
+    def epoch_steps(self) -> int:
+        """The steps of all the run's epochs."""
+        return self.steps_per_epoch * self.train.epochs
+
+    @property
+    def compute_steps(self) -> int | None:
+        """The whole batches the PFLOP budget pays for (None: no compute budget)."""
+        if self.train.pflop_budget is None:
+            return None
+        per_step = 3 * self.mean_flops_per_image * self.train.batch_size / 1e15
+        return max(1, int(self.train.pflop_budget / per_step))
+
     def _step_cap(self) -> int:
         """The most steps a run may take: its epochs', or the whole batches its PFLOP budget pays for."""
-        cap = self.steps_per_epoch * self.train.epochs
-        if self.train.pflop_budget is not None:
-            per_step = 3 * self.mean_flops_per_image * self.train.batch_size / 1e15
-            cap = min(cap, max(1, int(self.train.pflop_budget / per_step)))
-        return cap
+        return min(self.epoch_steps, self.compute_steps or self.epoch_steps)
 
     def _steps_that_fit(self, elapsed: float, seconds_per_step: float) -> int:
         """Steps done plus those the rest of the time budget holds at this pace: at least one
