@@ -1,7 +1,7 @@
 """The default recipe's shape table, and the planner's choice against a width sweep.
 
 `table`: trains the default recipe's model at each width of WIDTHS for each of its epoch
-counts (full schedules, no time budget; 45k/5k validation protocol, split seed 0, TTA on the
+counts (full schedules, no time or compute budget; 45k/5k validation protocol, split seed 0, TTA on the
 final validation) and writes the shape table the planner reads. Runs already finished in
 `--runs-dir` are read, not trained again, so a killed build continues.
 
@@ -51,7 +51,8 @@ def build_table(args: argparse.Namespace) -> None:
         points = []
         for epochs in epoch_counts:
             run = Path(args.runs_dir) / f"w{channels[0]}-e{epochs}"
-            s = trained(run, {"data": {"path": args.data}, "model": {"channels": channels}, "train": {"epochs": epochs}})
+            s = trained(run, {"data": {"path": args.data}, "model": {"channels": channels},
+                              "train": {"epochs": epochs, "pflop_budget": None}})
             points.append({"epochs": epochs, "val_acc": round(100 * s["final_val_acc"], 2)})
             print(f"{name:28s} {epochs:2d} epochs  {100 * s['final_val_acc']:.2f}%  {s['train_seconds']:.0f} s", flush=True)
         shapes.append({"name": name, "model": {"channels": channels}, "points": points})
@@ -88,7 +89,8 @@ def sweep(args: argparse.Namespace) -> None:
     print(f"Time budget {args.seconds:g} s; machine: {describe_machine()}")
     print("| shape | planned | expected | val acc (TTA) | epochs | train s | params |")
     print("|---|---|---|---|---|---|---|")
-    epoch_images = 45_000 // 2_000 * 2_000  # the default recipe's batch, whole batches of the 45k
+    batch = load_config().train.batch_size
+    epoch_images = 45_000 // batch * batch  # an epoch is the whole batches of the 45k
     for name, chosen, expected, s in rows:
         print(f"| {name} | {'**yes**' if chosen else ''} | {expected:.1f}% | {100 * s['final_val_acc']:.2f}% | "
               f"{s['images_seen'] / epoch_images:.1f} | {s['train_seconds']:.0f} | {s['params']:,} |")
