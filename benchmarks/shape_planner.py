@@ -1,13 +1,14 @@
 """The default recipe's shape table, and the planner's choice against a width sweep.
 
 `table`: trains the default recipe's model at each width of WIDTHS for each of its epoch
-counts (full schedules, no time or compute budget; 45k/5k validation protocol, split seed 0, TTA on the
-final validation) and writes the shape table the planner reads. Runs already finished in
-`--runs-dir` are read, not trained again, so a killed build continues.
+counts (full schedules, no time or compute budget; 45k/5k validation protocol, split seed 0,
+TTA on the final validation) and writes the shape table the planner reads. Runs already
+finished in `--runs-dir` are read, not trained again, so a killed build continues.
 
 `sweep --seconds S`: trains `budgetnet train --time-budget S` as a new user would (the
-planner picks the shape) and every other shape of the table with the same S, and prints one
-table: shape, planned or not, expected and measured validation accuracy, epochs, seconds.
+planner picks the shape and its epochs) and every other shape of the table with the same S
+and the epochs S holds for it, and prints one table: shape, planned or not, expected and
+measured validation accuracy, epochs, seconds.
 
     .venv/bin/python benchmarks/shape_planner.py table [--data ZIP] [--runs-dir DIR]
         [--out src/budgetnet/recipes/shapes/flagship.yaml]
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +85,11 @@ def sweep(args: argparse.Namespace) -> None:
     for candidate in plan["candidates"]:
         name = candidate["name"]
         channels = WIDTHS[name][0]
-        s = planned if name == plan["choice"] else trained(root / f"w{channels[0]}", {**base, "model": {"channels": channels}})
+        # Each shape for the epochs S holds at its own pace, as the planner sets them for its choice
+        # (the recipe's epochs would leave a small shape's S mostly unspent on a fast machine).
+        epochs = max(1, math.ceil(candidate["epochs"]))
+        s = planned if name == plan["choice"] else trained(
+            root / f"w{channels[0]}", {**base, "model": {"channels": channels}, "train": {**base["train"], "epochs": epochs}})
         rows.append((name, name == plan["choice"], candidate["expected_acc"], s))
     best = max(s["final_val_acc"] for *_, s in rows)
     print(f"Time budget {args.seconds:g} s; machine: {describe_machine()}")
