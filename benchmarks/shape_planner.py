@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import yaml
 
 from budgetnet.config import load_config
 from budgetnet.machine import describe_machine
-from budgetnet.shape_planner import load_shape_table
+from budgetnet.shape_planner import epochs_to_train, load_shape_table
 from budgetnet.train.engine import train
 
 # speedrun_2m's shape ([64, 256, 256]) at a quarter and half of its width, and itself; the
@@ -87,7 +86,7 @@ def sweep(args: argparse.Namespace) -> None:
         channels = WIDTHS[name][0]
         # Each shape for the epochs S holds at its own pace, as the planner sets them for its choice
         # (the recipe's epochs would leave a small shape's S mostly unspent on a fast machine).
-        epochs = max(1, math.ceil(candidate["epochs"]))
+        epochs = epochs_to_train(candidate["epochs"])
         s = planned if name == plan["choice"] else trained(
             root / f"w{channels[0]}", {**base, "model": {"channels": channels}, "train": {**base["train"], "epochs": epochs}})
         rows.append((name, name == plan["choice"], candidate["expected_acc"], s))

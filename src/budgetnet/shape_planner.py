@@ -179,6 +179,12 @@ def measure_step_seconds(cfg: RunConfig, device: torch.device) -> float:
     return slices * mean_slice_seconds + optimizer_seconds
 
 
+def epochs_to_train(epochs_that_fit: float) -> int:
+    """The whole epochs a planned shape trains: rounded up, since the engine's time-budget plan
+    then fits the steps (and schedule) to S."""
+    return max(1, math.ceil(epochs_that_fit))
+
+
 def plan_shape(
     cfg: RunConfig, train_images: int, device: torch.device, step_seconds: Any = measure_step_seconds
 ) -> ShapePlan:
@@ -214,7 +220,6 @@ def plan_shape(
         raise BudgetnetError(f"no shape of table {tc.shape_table} fits the budget of {cfg.budget:,} parameters "
                              "and the other limits given")
     choice, chosen = max(candidates, key=lambda pair: (pair[0].expected_acc, -pair[0].params))
-    # Epochs rounded up: the engine's time-budget plan then fits the steps (and schedule) to S.
-    train = {**chosen.train.model_dump(mode="json"), "epochs": max(1, math.ceil(choice.epochs)), "shape_table": None}
+    train = {**chosen.train.model_dump(mode="json"), "epochs": epochs_to_train(choice.epochs), "shape_table": None}
     planned = build_config({**chosen.model_dump(mode="json"), "train": train}, source="planned shape")
     return ShapePlan(planned, choice, [c for c, _ in candidates], time.perf_counter() - started)

@@ -109,7 +109,8 @@ class Planner:
 
     def _step_cap(self) -> int:
         """The most steps a run may take: its epochs', or the whole batches its PFLOP budget pays for."""
-        return min(self.epoch_steps, self.compute_steps or self.epoch_steps)
+        paid = self.compute_steps
+        return self.epoch_steps if paid is None else min(self.epoch_steps, paid)
 
     def _steps_that_fit(self, elapsed: float, seconds_per_step: float) -> int:
         """Steps done plus those the rest of the time budget holds at this pace: at least one
