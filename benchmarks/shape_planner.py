@@ -35,7 +35,7 @@ from budgetnet.train.engine import train
 WIDTHS: dict[str, tuple[list[int], list[int]]] = {
     "speedrun w16": ([16, 64, 64], [2, 4, 8]),
     "speedrun w32": ([32, 128, 128], [2, 4]),
-    "speedrun w64 (speedrun_2m)": ([64, 256, 256], [8]),
+    "speedrun w64 (speedrun_2m)": ([64, 256, 256], [2, 4, 8]),
 }
 
 

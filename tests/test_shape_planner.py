@@ -4,6 +4,7 @@ that plans its shape and records it."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from budgetnet.models import count_params, summarize
 from budgetnet.shape_planner import (
     MeasuredPoint,
     expected_accuracy,
+    fastest_seconds,
     list_shape_tables,
     load_shape_table,
     measure_step_seconds,
@@ -138,6 +140,11 @@ def test_a_wider_model_takes_longer_to_step(data: Path) -> None:
     cfg = tiny_run_config(data, train={"batch_size": 64})
     wide = cfg.model_copy(update={"model": cfg.model.model_copy(update={"channels": [64], "blocks": [2]})})
     assert measure_step_seconds(wide, torch.device("cpu")) > measure_step_seconds(cfg, torch.device("cpu")) > 0
+
+
+def test_step_timing_reads_the_fastest_call_not_a_slowed_one() -> None:
+    delays = iter([0.3, 0.0, 0.0])
+    assert fastest_seconds(lambda: time.sleep(next(delays)), torch.device("cpu")) < 0.1
 
 
 def test_step_time_counts_progressive_stages_as_training_takes_them(data: Path) -> None:
