@@ -30,11 +30,12 @@ from budgetnet.shape_planner import epochs_to_train, load_shape_table
 from budgetnet.train.engine import train
 
 # speedrun_2m's shape ([64, 256, 256]) at a quarter and half of its width, and itself; the
-# epoch counts bracket what 300 s to an hour buy on CPUs (a 2-core AVX2 EPYC trains the full
-# width ~1 epoch in 300 s, the quarter width ~6).
+# epoch counts bracket what 300 s to an hour buy on CPUs (in 300 s a 2-core AVX2 EPYC trains the
+# full width ~1 epoch and the quarter width ~6; a 2-core AMX Xeon ~7 and ~35: the narrow shapes'
+# curves run to 16 and 32 epochs, since beyond its last point a curve is read flat).
 WIDTHS: dict[str, tuple[list[int], list[int]]] = {
-    "speedrun w16": ([16, 64, 64], [2, 4, 8]),
-    "speedrun w32": ([32, 128, 128], [2, 4]),
+    "speedrun w16": ([16, 64, 64], [2, 4, 8, 16, 32]),
+    "speedrun w32": ([32, 128, 128], [2, 4, 8, 16]),
     "speedrun w64 (speedrun_2m)": ([64, 256, 256], [2, 4, 8]),
 }
 
