@@ -61,7 +61,7 @@ def build_table(args: argparse.Namespace) -> None:
     made_by = (
         "python benchmarks/shape_planner.py table: the default recipe (flagship) with only the "
         "model's widths changed, each width trained for each epoch count as a full schedule "
-        "(seed 0, no time budget), on 45,000 images of the CIFAR-10 JPEG training split, "
+        "(seed 0, no time budget or compute cap), on 45,000 images of the CIFAR-10 JPEG training split, "
         "validated with TTA on the other 5,000 (stratified, split seed 0). Machine: " + describe_machine()
     )
     out = Path(args.out)
