@@ -56,7 +56,8 @@ def build_table(args: argparse.Namespace) -> None:
             s = trained(run, {"data": {"path": args.data}, "model": {"channels": channels},
                               "train": {"epochs": epochs, "pflop_budget": None}})
             points.append({"epochs": epochs, "val_acc": round(100 * s["final_val_acc"], 2)})
-            print(f"{name:28s} {epochs:2d} epochs  {100 * s['final_val_acc']:.2f}%  {s['train_seconds']:.0f} s", flush=True)
+            print(f"{name:28s} {epochs:2d} epochs  {100 * s['final_val_acc']:.2f}%  "
+                  f"{s['train_pflop']:.4f} PFLOP  {s['train_seconds']:.0f} s", flush=True)
         shapes.append({"name": name, "model": {"channels": channels}, "points": points})
     made_by = (
         "python benchmarks/shape_planner.py table: the default recipe (flagship) with only the "
@@ -93,13 +94,13 @@ def sweep(args: argparse.Namespace) -> None:
         rows.append((name, name == plan["choice"], candidate["expected_acc"], s))
     best = max(s["final_val_acc"] for *_, s in rows)
     print(f"Time budget {args.seconds:g} s; machine: {describe_machine()}")
-    print("| shape | planned | expected | val acc (TTA) | epochs | train s | params |")
-    print("|---|---|---|---|---|---|---|")
+    print("| shape | planned | expected | val acc (TTA) | epochs | train PFLOP | train s | params |")
+    print("|---|---|---|---|---|---|---|---|")
     batch = load_config().train.batch_size
     epoch_images = 45_000 // batch * batch  # an epoch is the whole batches of the 45k
     for name, chosen, expected, s in rows:
         print(f"| {name} | {'**yes**' if chosen else ''} | {expected:.1f}% | {100 * s['final_val_acc']:.2f}% | "
-              f"{s['images_seen'] / epoch_images:.1f} | {s['train_seconds']:.0f} | {s['params']:,} |")
+              f"{s['images_seen'] / epoch_images:.1f} | {s['train_pflop']:.4f} | {s['train_seconds']:.0f} | {s['params']:,} |")
     print(f"planned choice vs best of the sweep: {100 * (planned['final_val_acc'] - best):+.2f} points")
 
 
