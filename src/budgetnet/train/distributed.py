@@ -155,6 +155,12 @@ def process_group(device_name: str) -> Iterator[Ranks]:
                                 device_id=device if device.type == "cuda" else None)
     try:
         yield Ranks(device, dist.get_rank(), dist.get_world_size())
+        if started:
+            # Leave together: in full test-suite runs a gloo rank tearing down while its peer
+            # still held the connection aborted at exit after training had finished
+            # ("terminate called without an active exception", exit -6). Not on an error: the
+            # other ranks may be gone.
+            dist.barrier()
     finally:
         if started:
             dist.destroy_process_group()
