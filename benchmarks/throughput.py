@@ -39,6 +39,7 @@ from loader_throughput import PerSampleDataset  # noqa: E402  (same per-sample p
 
 from budgetnet.config import load_config  # noqa: E402
 from budgetnet.data import DataConfig, prepare_data  # noqa: E402
+from budgetnet.machine import fastest_seconds, gemm_peak_tflops  # noqa: E402
 from budgetnet.models import build_model, get_preset, summarize  # noqa: E402
 from budgetnet.runtime import autocast_dtype  # noqa: E402
 from budgetnet.train.engine import train  # noqa: E402
@@ -76,22 +77,13 @@ def budgetnet_rate(preset: str, data: str, images: int, batch: int, epochs: int,
 def best_seconds(fn, repeats: int = 5) -> float:
     """The fastest of `repeats` timed calls of `fn`, after one untimed warm-up call."""
     fn()  # warm-up: oneDNN primitive creation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return fastest_seconds(fn, torch.device("cuda" if torch.cuda.is_available() else "cpu"), repeats)
 
 
 def machine_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, float]:
     """TFLOP/s of a 2048x2048 matmul and of a 3x3 256->256 conv forward+backward (batch 256,
     8x8) in `dtype`: the ceiling a training step of this machine can approach."""
-    n = 2048
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    gemm = 2 * n**3 / best_seconds(lambda: a @ b) / 1e12
+    gemm = gemm_peak_tflops(device, dtype, repeats=5)
     conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).to(device, dtype)
     x = torch.randn(256, 256, 8, 8, device=device, dtype=dtype, requires_grad=True)
 

@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 
 from budgetnet.config import load_config, recipe_mapping
 from budgetnet.errors import BudgetnetError
+from budgetnet.machine import fastest_seconds, gemm_peak_tflops
 from budgetnet.models import count_params, summarize
 from budgetnet.shape_planner import (
     MeasuredPoint,
     expected_accuracy,
-    fastest_seconds,
     list_shape_tables,
     load_shape_table,
     measure_step_seconds,
@@ -112,6 +112,45 @@ def test_the_compute_cap_counts_progressive_stages_as_training_does(tmp_path: Pa
     planner = Planner(run, 3, Progress(), Ranks(torch.device("cpu")))
     planner.plan(lambda: (0.0, 0.0, 0.0))
     assert planner.progress.planned_steps == 6
+
+
+def test_a_shape_that_could_not_win_even_at_twice_the_gemm_peak_is_not_timed(tmp_path: Path, data: Path) -> None:
+    # Listed widest first; timed narrowest first. 6 s of 3 steps an epoch: at the narrow shape's
+    # 0.125 s a step it expects 70%. A peak at which the wide shape's step could at best take
+    # 1.94 s (one epoch: halfway from chance to its 50% at two) rules it out untimed; a 100x
+    # faster machine does not.
+    table = write_table(tmp_path / "table.yaml", [WIDE, NARROW])
+    cfg = tiny_run_config(data, train={"shape_table": str(table), "time_budget_s": 6.0})
+    wide = cfg.model_copy(update={"model": cfg.model.model_copy(update={"channels": [32]})})
+    fastest = 0.97 * 6.0 / 3
+    peak = 3 * mean_train_flops_per_image(wide) * 30 / (2 * fastest * 1e12)
+    for scale, timed in ((1.0, False), (100.0, True)):
+        calls: list[list[int]] = []
+
+        def step_seconds(c, d, calls=calls) -> float:
+            calls.append(c.model.channels)
+            return 1.0 if c.model.channels == [32] else 0.125
+
+        plan = plan_shape(cfg, 100, torch.device("cpu"), step_seconds, peak_tflops=peak * scale)
+        assert calls == ([[4], [32]] if timed else [[4]]) and plan.choice.name == "narrow"
+        candidate = {c.name: c for c in plan.candidates}["wide"]
+        assert candidate.timed is timed
+        if not timed:
+            assert candidate.seconds_per_step == pytest.approx(fastest)
+            chance = 100 / cfg.model.classes
+            assert candidate.epochs == pytest.approx(1.0) and candidate.expected_acc == pytest.approx((chance + 50) / 2)
+
+
+def test_each_process_times_its_part_of_the_batch(tmp_path: Path, data: Path) -> None:
+    table = write_table(tmp_path / "table.yaml", [NARROW])
+    cfg = tiny_run_config(data, train={"shape_table": str(table), "time_budget_s": 6.0})
+    batches: list[int] = []
+    plan_shape(cfg, 100, torch.device("cpu"), lambda c, d: batches.append(c.train.batch_size) or 0.125, world_size=2)
+    assert batches == [15]
+
+
+def test_the_gemm_peak_is_a_positive_rate() -> None:
+    assert gemm_peak_tflops(torch.device("cpu"), torch.float32) > 0
 
 
 def test_shapes_over_the_parameter_budget_are_not_candidates(tmp_path: Path, data: Path) -> None:

@@ -3,9 +3,10 @@
 A shape table (data: `recipes/shapes/NAME.yaml`, each with how it was made) lists shapes of
 one recipe's family, each with the validation accuracy measured after training E epochs with
 that recipe. Epochs, not seconds, so the table holds on every machine; what differs between
-machines is how many epochs S seconds buy, so the planner times one training step of every
-shape here, turns S into the epochs each shape would train, reads its expected accuracy off
-its measured curve and takes the best. On a slow CPU that is a narrow net trained for several
+machines is how many epochs S seconds buy, so the planner times one training step of each
+shape here (but those that could not win even at twice the machine's GEMM peak), turns S into
+the epochs each shape would train, reads its expected accuracy off its measured curve and takes
+the best. On a slow CPU that is a narrow net trained for several
 epochs; on a fast machine the widest one.
 
 Between measured points accuracy is interpolated linearly in log(epochs); below the first it
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -29,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from budgetnet.config import RunConfig, build_config, deep_merge, require_increasing
 from budgetnet.errors import BudgetnetError
+from budgetnet.machine import fastest_seconds, gemm_peak_tflops
 from budgetnet.models import build_model, format_validation_error, summarize
 from budgetnet.models.budget import over_limits
 from budgetnet.models.zoo import model_mapping
@@ -38,7 +41,6 @@ from budgetnet.train.planner import mean_over_stages, mean_train_flops_per_image
 
 # The engine's time-budget planner keeps 3% of the budget for what a step's time does not show.
 _HEADROOM = 0.97
-_TIMING_REPEATS = 3
 
 
 class MeasuredPoint(BaseModel):
@@ -121,6 +123,9 @@ class ShapeCandidate:
     seconds_per_step: float
     epochs: float  # the epochs that fit the budget at that pace
     expected_acc: float
+    # False: not timed, since even at twice the machine's GEMM peak (seconds_per_step, then a
+    # lower bound; epochs and expected_acc upper bounds) it could not beat a shape timed before it.
+    timed: bool = True
 
 
 @dataclass(frozen=True)
@@ -135,24 +140,6 @@ class ShapePlan:
             "choice": self.choice.name, "seconds": round(self.seconds, 2),
             "candidates": [c.__dict__ for c in self.candidates],
         }
-
-
-def fastest_seconds(fn: Any, device: torch.device, repeats: int = _TIMING_REPEATS) -> float:
-    """The fastest of `repeats` timed calls of `fn`. The first plan in a fresh process read one
-    call per shape 25-40% slow on a 2-core Xeon (w32 0.378 s, w64 1.179 s a step, against 0.303
-    and 0.857 s the fastest of three, planned again in the same process), which cost the shapes'
-    expected epochs as much; a slowed call is noise that only adds time, so, as timeit does, the
-    minimum is the estimate."""
-    best = math.inf
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def measure_step_seconds(cfg: RunConfig, device: torch.device) -> float:
@@ -199,40 +186,69 @@ def epochs_to_train(epochs_that_fit: float) -> int:
 
 
 def plan_shape(
-    cfg: RunConfig, train_images: int, device: torch.device, step_seconds: Any = measure_step_seconds
+    cfg: RunConfig,
+    train_images: int,
+    device: torch.device,
+    step_seconds: Callable[[RunConfig, torch.device], float] = measure_step_seconds,
+    *,
+    world_size: int = 1,
+    peak_tflops: float | None = None,
 ) -> ShapePlan:
     """The shape of `cfg.train.shape_table` expected to be most accurate after training for
     `cfg.train.time_budget_s` seconds on `device`, within the budget and every other limit, and its
-    epochs. `step_seconds(cfg, device)` times a candidate (tests pass a model of it)."""
+    epochs. `step_seconds(cfg, device)` times a candidate at one process's part of the batch (tests
+    pass a model of it); `peak_tflops`, the machine's GEMM peak in the step's dtype, is measured
+    when not given.
+
+    Shapes are timed narrowest first, and a wider one is not timed at all when, even stepping at
+    twice that peak, it could not be expected to beat the best timed before it: timing is a
+    warm-up and three calls at each image size, which for speedrun_5m on a 2-core AVX2 CPU is
+    ~15 s a call, spent on a shape that gets under one epoch of a 300 s budget there."""
     tc = cfg.train
     if tc.shape_table is None or tc.time_budget_s is None:
         raise BudgetnetError("planning a shape needs train.shape_table and train.time_budget_s")
     table = load_shape_table(tc.shape_table)
     base = cfg.model_dump(mode="json")
     steps_per_epoch = max(1, train_images // tc.batch_size)
+    part = tc.batch_size // world_size
     chance = 100.0 / cfg.model.classes
     started = time.perf_counter()
-    candidates: list[tuple[ShapeCandidate, RunConfig]] = []
+    if peak_tflops is None:
+        peak_tflops = gemm_peak_tflops(device, autocast_dtype(tc.precision, device) or torch.float32)
+    shapes = []
     for shape in table.shapes:
         model = {**base["model"], **model_mapping(shape.model)}
         candidate_cfg = build_config(deep_merge(base, {"model": model}), source=f"shape {shape.name}")
-        if not cfg.allow_over_budget and over_limits(candidate_cfg.model, cfg.limits) is not None:
-            continue
-        cost = summarize(candidate_cfg.model)
-        seconds = step_seconds(candidate_cfg, device)
-        epochs = _HEADROOM * tc.time_budget_s / seconds / steps_per_epoch
-        if tc.pflop_budget is not None:  # a compute budget binds as well: the tighter wins, as in training
-            per_epoch = 3 * mean_train_flops_per_image(candidate_cfg) * tc.batch_size * steps_per_epoch
-            epochs = min(epochs, tc.pflop_budget * 1e15 / per_epoch)
-        candidate = ShapeCandidate(
-            shape.name, cost.params, cost.flops, seconds, epochs,
-            expected_accuracy(shape.points, epochs, chance),
-        )
-        candidates.append((candidate, candidate_cfg))
-    if not candidates:
+        if cfg.allow_over_budget or over_limits(candidate_cfg.model, cfg.limits) is None:
+            shapes.append((shape, candidate_cfg, summarize(candidate_cfg.model)))
+    if not shapes:
         raise BudgetnetError(f"no shape of table {tc.shape_table} fits the budget of {cfg.budget:,} parameters "
                              "and the other limits given")
-    choice, chosen = max(candidates, key=lambda pair: (pair[0].expected_acc, -pair[0].params))
+    candidates: list[tuple[ShapeCandidate, RunConfig]] = []
+    for shape, candidate_cfg, cost in sorted(shapes, key=lambda entry: entry[2].flops):
+        flops_per_image = mean_train_flops_per_image(candidate_cfg)
+        # Epochs that fit are `step_budget / seconds a step`, or fewer where a compute budget
+        # binds as well: the tighter wins, as in training.
+        step_budget = _HEADROOM * tc.time_budget_s / steps_per_epoch
+        compute_cap = (math.inf if tc.pflop_budget is None
+                       else tc.pflop_budget * 1e15 / (3 * flops_per_image * tc.batch_size * steps_per_epoch))
+        # Twice the GEMM peak: no step measured came near it (the flagship's reached 82% of it),
+        # so the bound holds even for a kernel somewhat faster than the 2048^3 matmul.
+        fastest = 3 * flops_per_image * part / (2 * peak_tflops * 1e12)
+        ceiling = expected_accuracy(shape.points, min(step_budget / fastest, compute_cap), chance)
+        best = max((c.expected_acc for c, _ in candidates if c.timed), default=None)
+        if best is not None and ceiling < best:
+            candidate = ShapeCandidate(shape.name, cost.params, cost.flops, fastest,
+                                       min(step_budget / fastest, compute_cap), ceiling, timed=False)
+        else:
+            part_train = candidate_cfg.train.model_copy(update={"batch_size": part})
+            seconds = step_seconds(candidate_cfg.model_copy(update={"train": part_train}), device)
+            epochs = min(step_budget / seconds, compute_cap)
+            candidate = ShapeCandidate(shape.name, cost.params, cost.flops, seconds, epochs,
+                                       expected_accuracy(shape.points, epochs, chance))
+        candidates.append((candidate, candidate_cfg))
+    choice, chosen = max(((c, c_cfg) for c, c_cfg in candidates if c.timed),
+                         key=lambda pair: (pair[0].expected_acc, -pair[0].params))
     train = {**chosen.train.model_dump(mode="json"), "epochs": epochs_to_train(choice.epochs), "shape_table": None}
     planned = build_config({**chosen.model_dump(mode="json"), "train": train}, source="planned shape")
     return ShapePlan(planned, choice, [c for c, _ in candidates], time.perf_counter() - started)

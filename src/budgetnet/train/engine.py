@@ -44,7 +44,7 @@ from budgetnet.files import LOCK_NAME, DirLock, atomic_write_bytes, write_json
 from budgetnet.models import build_model, count_params
 from budgetnet.models.budget import over_limits
 from budgetnet.runtime import autocast_dtype, compile_model, use_channels_last
-from budgetnet.shape_planner import ShapePlan, measure_step_seconds, plan_shape
+from budgetnet.shape_planner import ShapePlan, plan_shape
 from budgetnet.train.bookkeeping import EpochBooks, SignalGuard
 from budgetnet.train.callbacks import EarlyStopping, ProgressReporter, plot_curves, write_metrics
 from budgetnet.train.checkpoint import Progress
@@ -154,11 +154,7 @@ class _Trainer:
         if tc.shape_table is not None and tc.time_budget_s is not None:
             # The time budget picks the shape (and its epochs); the resolved config records it. Rank 0
             # times each shape at one process's part of the batch; every rank trains its pick.
-            def part_step_seconds(candidate: RunConfig, device: torch.device) -> float:
-                part = candidate.train.model_copy(update={"batch_size": candidate.train.batch_size // ranks.world_size})
-                return measure_step_seconds(candidate.model_copy(update={"train": part}), device)
-
-            self.shape_plan = ranks.from_main(lambda: plan_shape(cfg, len(y), self.device, part_step_seconds))
+            self.shape_plan = ranks.from_main(lambda: plan_shape(cfg, len(y), self.device, world_size=ranks.world_size))
             cfg, tc = self.shape_plan.config, self.shape_plan.config.train
             if not quiet:
                 c = self.shape_plan.choice
