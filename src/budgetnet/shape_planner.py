@@ -202,8 +202,9 @@ def plan_shape(
 
     Shapes are timed narrowest first, and a wider one is not timed at all when, even stepping at
     twice that peak, it could not be expected to beat the best timed before it: timing is a
-    warm-up and three calls at each image size, which for speedrun_5m on a 2-core AVX2 CPU is
-    ~15 s a call, spent on a shape that gets under one epoch of a 300 s budget there."""
+    warm-up and three calls at each image size, eight calls of about 8 s each for speedrun_5m on
+    a 2-core AVX2 CPU (speedrun_2m's 500-image slice took 3.1 s there, at 2.55x fewer FLOPs),
+    spent on a shape that gets under one epoch of a 300 s budget there."""
     tc = cfg.train
     if tc.shape_table is None or tc.time_budget_s is None:
         raise BudgetnetError("planning a shape needs train.shape_table and train.time_budget_s")
