@@ -79,7 +79,7 @@ def fastest_seconds(fn: Callable[[], Any], device: torch.device, repeats: int = 
 def gemm_peak_tflops(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> float:
     """TFLOP/s of a 2048x2048 matmul in `dtype` on `device`, the fastest of `repeats` after a
     warm-up: the ceiling a training step of this machine approaches (the flagship's step measured
-    39-92% of it on the CPUs budgetnet was measured on, 92% in fp32 on an AVX2 EPYC)."""
+    30-92% of it on the CPUs budgetnet was measured on, 92% in fp32 on an AVX2 EPYC)."""
     n = 2048
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     a @ b  # warm-up: oneDNN / cuBLAS picks its kernel

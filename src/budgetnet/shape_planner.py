@@ -233,7 +233,7 @@ def plan_shape(
         step_budget = _HEADROOM * tc.time_budget_s / steps_per_epoch
         compute_cap = (math.inf if tc.pflop_budget is None
                        else tc.pflop_budget * 1e15 / (3 * flops_per_image * tc.batch_size * steps_per_epoch))
-        # Twice the GEMM peak: the flagship's step measured 39-92% of it on the CPUs here (92%:
+        # Twice the GEMM peak: the flagship's step measured 30-92% of it on the CPUs here (92%:
         # fp32 on an AVX2 EPYC), so the bound holds even for a kernel faster than the 2048^3 matmul.
         fastest = 3 * flops_per_image * part / (2 * peak_tflops * 1e12)
         ceiling = expected_accuracy(shape.points, min(step_budget / fastest, compute_cap), chance)
