@@ -101,11 +101,12 @@ def sweep(args: argparse.Namespace) -> None:
         expected = f"{'' if candidate.get('timed', True) else '<= '}{candidate['expected_acc']:.1f}%"
         rows.append((name, name == plan["choice"], expected, s))
     best = max(s["final_val_acc"] for *_, s in rows)
-    cap = "none" if args.uncapped else f"{load_config().train.pflop_budget:g} PFLOP"
+    recipe = load_config().train
+    cap = "none" if args.uncapped else f"{recipe.pflop_budget:g} PFLOP"
     print(f"Time budget {args.seconds:g} s, compute cap {cap}; machine: {describe_machine()}")
     print("| shape | planned | expected | val acc (TTA) | epochs | train PFLOP | train s | params |")
     print("|---|---|---|---|---|---|---|---|")
-    batch = load_config().train.batch_size
+    batch = recipe.batch_size
     epoch_images = 45_000 // batch * batch  # an epoch is the whole batches of the 45k
     for name, chosen, expected, s in rows:
         print(f"| {name} | {'**yes**' if chosen else ''} | {expected} | {100 * s['final_val_acc']:.2f}% | "

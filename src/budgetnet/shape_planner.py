@@ -225,22 +225,22 @@ def plan_shape(
     if not shapes:
         raise BudgetnetError(f"no shape of table {tc.shape_table} fits the budget of {cfg.budget:,} parameters "
                              "and the other limits given")
+    # Epochs that fit are `step_budget / seconds a step`, or fewer where a compute budget binds
+    # as well: the tighter wins, as in training.
+    step_budget = _HEADROOM * tc.time_budget_s / steps_per_epoch
     candidates: list[tuple[ShapeCandidate, RunConfig]] = []
     for shape, candidate_cfg, cost in sorted(shapes, key=lambda entry: entry[2].flops):
         flops_per_image = mean_train_flops_per_image(candidate_cfg)
-        # Epochs that fit are `step_budget / seconds a step`, or fewer where a compute budget
-        # binds as well: the tighter wins, as in training.
-        step_budget = _HEADROOM * tc.time_budget_s / steps_per_epoch
         compute_cap = (math.inf if tc.pflop_budget is None
                        else tc.pflop_budget * 1e15 / (3 * flops_per_image * tc.batch_size * steps_per_epoch))
         # Twice the GEMM peak: the flagship's step measured 30-92% of it on the CPUs here (92%:
         # fp32 on an AVX2 EPYC), so the bound holds even for a kernel faster than the 2048^3 matmul.
         fastest = 3 * flops_per_image * part / (2 * peak_tflops * 1e12)
-        ceiling = expected_accuracy(shape.points, min(step_budget / fastest, compute_cap), chance)
+        most_epochs = min(step_budget / fastest, compute_cap)
+        ceiling = expected_accuracy(shape.points, most_epochs, chance)
         best = max((c.expected_acc for c, _ in candidates if c.timed), default=None)
         if best is not None and ceiling < best:
-            candidate = ShapeCandidate(shape.name, cost.params, cost.flops, fastest,
-                                       min(step_budget / fastest, compute_cap), ceiling, timed=False)
+            candidate = ShapeCandidate(shape.name, cost.params, cost.flops, fastest, most_epochs, ceiling, timed=False)
         else:
             part_train = candidate_cfg.train.model_copy(update={"batch_size": part})
             seconds = step_seconds(candidate_cfg.model_copy(update={"train": part_train}), device)
