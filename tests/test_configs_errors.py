@@ -11,7 +11,7 @@ from conftest import make_synthetic, write_npz
 
 from budgetnet.cli import main
 from budgetnet.config import load_config
-from budgetnet.errors import BudgetnetError
+from budgetnet.errors import BudgetnetError, stderr_line, warn
 from budgetnet.files import DirLock
 
 TINY = ["--blocks", "1", "--channels", "8", "--classes", "3", "--threads", "1", "--device", "cpu", "--quiet"]
@@ -196,3 +196,27 @@ def test_errors_name_the_field_in_load_config(tmp_path: Path) -> None:
         load_config(overrides={"budget": "lots"})
     with pytest.raises(BudgetnetError, match=r"name"):
         load_config(overrides={"name": "has spaces/slash"})
+
+
+class _Writes:
+    """A stream that keeps each write: what reaches a shared pipe, call by call."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_line_on_stderr_is_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Search workers share stderr: a line and its newline written apart interleaved two
+    # workers' trial lines into one.
+    stream = _Writes()
+    monkeypatch.setattr("sys.stderr", stream)
+    stderr_line("trial 2: val acc 93.33%")
+    warn("a\nproblem")
+    assert stream.writes == ["trial 2: val acc 93.33%\n", "budgetnet: warning: a problem\n"]

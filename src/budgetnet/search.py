@@ -24,7 +24,6 @@ import math
 import os
 import re
 import signal
-import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, redirect_stderr
@@ -52,7 +51,7 @@ from budgetnet.config import (
     settings_kept,
 )
 from budgetnet.data import DataShape
-from budgetnet.errors import BudgetnetError, warn
+from budgetnet.errors import BudgetnetError, stderr_line, warn
 from budgetnet.files import atomic_write_bytes, write_csv, write_json, write_png
 from budgetnet.models import (
     Budget,
@@ -924,4 +923,4 @@ def _print_trial(study: optuna.Study, t: FrozenTrial) -> None:
         line = f"val acc {100 * t.value:.2f}%, {a['params']:,} params, {a['train_seconds']:.1f}s training"
     else:
         line = a.get("note") or t.state.name.lower()
-    print(f"trial {t.number}: {line}", file=sys.stderr, flush=True)
+    stderr_line(f"trial {t.number}: {line}")

@@ -40,7 +40,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
-from budgetnet.errors import BudgetnetError, one_line
+from budgetnet.errors import BudgetnetError, one_line, stderr_line
 from budgetnet.files import DirLock
 from budgetnet.train.engine import TrainingInterrupted
 
@@ -292,7 +292,7 @@ def _process_main(target: Callable[[Any], None], job: Any) -> None:
     except KeyboardInterrupt:
         sys.exit(128 + signal.SIGINT)
     except BudgetnetError as exc:
-        print(f"budgetnet: error: {one_line(exc)}", file=sys.stderr)
+        stderr_line(f"budgetnet: error: {one_line(exc)}")
         sys.exit(2)
 
 
