@@ -33,7 +33,7 @@ from budgetnet.train.engine import train
 # speedrun_5m's wider shape (the long recipe's net, 4.6M params), for budgets of an hour; the
 # epoch counts bracket what 300 s to an hour buy on CPUs (in 300 s a 2-core AVX2 EPYC trains the
 # full width ~1 epoch and the quarter width ~6; a 2-core AMX Xeon ~7 and ~35, and in an hour
-# speedrun_5m ~38 and speedrun_2m ~80: the curves run to 32 epochs, since beyond its last point
+# speedrun_5m 31-38 and speedrun_2m 72-79: the curves run to 32 epochs, since beyond its last point
 # a curve is read flat, and at 16 the two were level).
 WIDTHS: dict[str, tuple[list[int], list[int]]] = {
     "speedrun w16": ([16, 64, 64], [2, 4, 8, 16, 32]),
