@@ -20,7 +20,6 @@ fold validating once.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from budgetnet.config import RunConfig, build_config, read_yaml_mapping
-from budgetnet.errors import BudgetnetError
+from budgetnet.errors import BudgetnetError, stderr_line
 from budgetnet.files import atomic_write_bytes, write_json
 from budgetnet.train.engine import train
 
@@ -159,7 +158,7 @@ def _claim(out: Path, cfg: RunConfig) -> None:
 
 def _say(progress: bool, line: str) -> None:
     if progress:
-        print(line, file=sys.stderr, flush=True)
+        stderr_line(line)
 
 
 def stats(values: Sequence[float]) -> dict[str, float | int | None]:

@@ -14,7 +14,7 @@ import typer
 
 from budgetnet.cli._app import app
 from budgetnet.cli._launch import note_rank_error
-from budgetnet.errors import BudgetnetError, one_line
+from budgetnet.errors import BudgetnetError, one_line, stderr_line
 
 # Imported for their `@app.command()` registrations, so `app` is complete; in the order
 # `budgetnet --help` lists the commands.
@@ -43,19 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     except typer.TyperException as exc:  # usage errors: unknown option, bad value, missing arg
         return _user_error(one_line(exc.format_message()))
     except typer.Abort:
-        print("budgetnet: aborted", file=sys.stderr)
+        stderr_line("budgetnet: aborted")
         return 130
     except typer.Exit as exc:
         return exc.exit_code
     except KeyboardInterrupt:
-        print("budgetnet: interrupted", file=sys.stderr)
+        stderr_line("budgetnet: interrupted")
         return 130
     return code if isinstance(code, int) else 0
 
 
 def _user_error(message: str) -> int:
     note_rank_error(message)  # a rank of `train --nproc N`: its launcher prints it instead
-    print(f"budgetnet: error: {message}", file=sys.stderr)
+    stderr_line(f"budgetnet: error: {message}")
     return 2
 
 

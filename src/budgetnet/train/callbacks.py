@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from budgetnet.errors import stderr_line
 from budgetnet.files import write_csv, write_png
 from budgetnet.plots import pyplot
 
@@ -136,7 +137,7 @@ class ProgressReporter:
         if self._progress is not None:
             self._progress.update(self._task, completed=self.steps_per_epoch, stats=line.split("  ", 1)[1])
         elif not self.silent:
-            print(line, file=sys.stderr, flush=True)
+            stderr_line(line)
 
     def close(self) -> None:
         if self._progress is not None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from budgetnet.config import RunConfig
-from budgetnet.errors import BudgetnetError
+from budgetnet.errors import BudgetnetError, warn
 from budgetnet.train.callbacks import EarlyStopping, write_metrics
 from budgetnet.train.checkpoint import Checkpoint, Progress, Resume, load_checkpoint, save_checkpoint
 from budgetnet.train.distributed import Ranks
@@ -120,10 +119,9 @@ class Checkpointer:
             except BudgetnetError as exc:
                 damaged.append(path)
                 then = "falling back to the previous checkpoint (previous.pt)" if name == LAST else "no older one is left"
-                print(f"budgetnet: warning: {exc}; {then}", file=sys.stderr, flush=True)
+                warn(f"{exc}; {then}")
         if checkpoint is None and not damaged:
-            print(f"budgetnet: warning: {self.run_dir} has no checkpoint yet (the run stopped before its first); "
-                  "starting from the beginning", file=sys.stderr, flush=True)
+            warn(f"{self.run_dir} has no checkpoint yet (the run stopped before its first); starting from the beginning")
             return None
         if checkpoint is None or checkpoint.resume is None:
             raise BudgetnetError(f"no usable checkpoint in {self.run_dir}; start a new run instead of --resume")
