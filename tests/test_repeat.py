@@ -2,7 +2,8 @@
 training images, `data.fold` in configs (old configs unchanged), a repeat killed in its second
 member and continued (every seed trained to the end exactly once, the cut one resumed to the
 numbers of an uninterrupted run), K-fold cross validation through the CLI, the statistics and
-markdown table, and bad options as one-line errors.
+markdown table, bad options as one-line errors, and `budgetnet compare` of two repeats seed by
+seed (and what it refuses to pair).
 
 Members are 1,443-parameter networks trained for 2 epochs on 240 noisy 16x16 images.
 """
@@ -185,3 +186,61 @@ def test_bad_options_are_one_line_errors(argv: list[str], message: str, data: Pa
     err = capsys.readouterr().err
     assert err.startswith("budgetnet: error: ") and err.count("\n") == 1 and message in err, err
     assert not out.exists()
+
+
+# ---- compare -----------------------------------------------------------------------------
+
+
+def test_compare_pairs_members_by_seed(data: Path, tmp_path: Path, capsys) -> None:
+    base, change = tmp_path / "base", tmp_path / "change"
+    assert main(["repeat", "--seeds", "0,1,2", "--data", str(data), *TINY, "--out", str(base), "--json"]) == 0
+    assert main(["repeat", "--seeds", "1,2", "--data", str(data), *TINY, "--out", str(change), "--json",
+                 "--set", "optim.lr=0.05"]) == 0
+    capsys.readouterr()
+    members = {folder: {m["seed"]: m for m in json.loads((folder / "summary.json").read_text())["members"]}
+               for folder in (base, change)}
+
+    for best, metric in ((False, "final_val_acc"), (True, "best_val_acc")):
+        assert main(["compare", str(base), str(change), "--json", *(["--best"] if best else [])]) == 0
+        c = json.loads(capsys.readouterr().out)
+        assert c["metric"] == metric
+        # Seed 0 has no partner; seeds 1 and 2 pair, each with its own runs' figures.
+        assert [(p["seed"], p["base"], p["other"]) for p in c["pairs"]] == [
+            (s, members[base][s][metric], members[change][s][metric]) for s in (1, 2)]
+        diffs = [members[change][s][metric] - members[base][s][metric] for s in (1, 2)]
+        assert c["paired"]["mean"] == pytest.approx(np.mean(diffs))
+        assert c["paired"]["standard_error"] == pytest.approx(np.std(diffs, ddof=1) / np.sqrt(2))
+        assert c["paired"]["ahead"] == sum(d > 0 for d in diffs) and c["paired"]["behind"] == sum(d < 0 for d in diffs)
+        # Unpaired: every member of each, seed 0 of the base included.
+        assert c["base_all"]["n"] == 3 and c["other_all"]["n"] == 2
+        assert c["unpaired"]["difference"] == pytest.approx(
+            np.mean([m[metric] for m in members[change].values()]) - np.mean([m[metric] for m in members[base].values()]))
+        assert c["config_differences"] == ["optim.lr: 0.1 -> 0.05"]
+
+    assert main(["compare", str(base), str(change)]) == 0
+    table = capsys.readouterr().out
+    assert table.count("| seed-") == 2 and "| seed-0 |" not in table
+    assert "2 pairs" in table and "configs differ in: optim.lr: 0.1 -> 0.05" in table
+
+
+def test_compare_refuses_what_does_not_pair(data: Path, tmp_path: Path, capsys) -> None:
+    base, other_split = tmp_path / "base", tmp_path / "split-1"
+    assert main(["repeat", "--seeds", "0", "--data", str(data), *TINY, "--out", str(base), "--json"]) == 0
+    assert main(["repeat", "--seeds", "0", "--data", str(data), *TINY, "--out", str(other_split), "--json",
+                 "--split-seed", "1"]) == 0
+    other_data = tmp_path / "other-data"
+    assert main(["repeat", "--seeds", "0", "--data", str(write_noisy_npz(tmp_path / "other.npz", 240, seed=1)), *TINY,
+                 "--out", str(other_data), "--json"]) == 0
+    elsewhere = tmp_path / "seed-5-only"
+    elsewhere.mkdir()
+    (elsewhere / "summary.json").write_text(json.dumps({"members": [
+        {**json.loads((base / "summary.json").read_text())["members"][0], "seed": 5}]}))
+    capsys.readouterr()
+    for other, message in ((other_split, "validate on different images (data.split_seed: 0 vs 1)"),
+                           (other_data, "trained on different datasets"),
+                           (elsewhere, "share no seed"),
+                           (tmp_path / "missing", "is not a repeat folder (no summary.json)")):
+        assert main(["compare", str(base), str(other)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.startswith("budgetnet: error: ") and captured.err.count("\n") == 1
+        assert message in captured.err, captured.err

@@ -9,6 +9,10 @@ Folder layout:
     <out>/summary.json  the members' figures and the statistics
     <out>/summary.md    the same as two markdown tables, to cite
 
+Two repeats of the same validation split compare seed by seed (`compare_repeats`): runs of
+one seed share initialization, batch order and augmentation draws, so the paired differences
+cancel part of the seed noise that separate means carry; both readings are given.
+
 Resumable like a search: running the same repeat again skips the finished members (those with
 a summary.json), resumes a half-finished one from its checkpoint (`train(..., resume=True)`)
 and trains the rest; seeds can also come a few a call (`--seeds 3`, then `--seeds 4`), and each
@@ -199,3 +203,107 @@ def _markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {r['member']} | {r['seed']} | {fold} | {pct(r['final_val_acc'])} | "
                      f"{pct(r['best_val_acc'])} ({r['best_epoch']}) | {r['epochs_run']} | {r['train_seconds']:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+# Data settings that decide which images validate; two repeats pair only when these match.
+VALIDATION_DATA = ("val_size", "split_seed", "subset", "labels")
+
+
+def compare_repeats(base: Path | str, other: Path | str, metric: str = "final_val_acc") -> RepeatResult:
+    """`other` against `base`, member by member (the same seed, or the same fold): each pair's
+    difference in `metric` (final_val_acc or best_val_acc), their mean, standard deviation and
+    standard error, how many are ahead and behind, and the unpaired means of every member; the
+    config fields the two differ in, read from the first pair's saved configs (as trained).
+    Refused unless both validate on the same images."""
+    if metric not in METRICS:
+        raise BudgetnetError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
+    base, other = Path(base), Path(other)
+    base_rows, other_rows = _finished_members(base), _finished_members(other)
+    by_key = {(r["seed"], r["fold"]): r for r in base_rows}
+    matched = [(by_key[(r["seed"], r["fold"])], r) for r in other_rows if (r["seed"], r["fold"]) in by_key]
+    if not matched:
+        raise BudgetnetError(f"{base} and {other} share no seed (or fold); train the same seeds in both to pair them")
+    configs = [(read_yaml_mapping(base / a["run_dir"] / "config.yaml"), read_yaml_mapping(other / b["run_dir"] / "config.yaml"))
+               for a, b in matched]
+    for a, b in configs:
+        if mismatch := [f"data.{k}: {a['data'].get(k)!r} vs {b['data'].get(k)!r}"
+                        for k in VALIDATION_DATA if a["data"].get(k) != b["data"].get(k)]:
+            raise BudgetnetError(f"{base} and {other} validate on different images ({'; '.join(mismatch)}); "
+                                 "their accuracies do not pair")
+    hashes = {_content_hash(folder / row["run_dir"]) for folder, rows in ((base, base_rows), (other, other_rows))
+              for row in rows}
+    if len(hashes - {None}) > 1:
+        raise BudgetnetError(f"{base} and {other} trained on different datasets (their content hashes differ); "
+                             "their accuracies do not pair")
+    pairs = [{"seed": b["seed"], "fold": b["fold"], "base": a[metric], "other": b[metric],
+              "difference": b[metric] - a[metric]} for a, b in matched]
+    diffs = [p["difference"] for p in pairs]
+    paired = stats(diffs)
+    paired["standard_error"] = None if paired["std"] is None else paired["std"] / len(diffs) ** 0.5
+    paired["ahead"], paired["behind"] = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    base_all, other_all = stats([r[metric] for r in base_rows]), stats([r[metric] for r in other_rows])
+    unpaired = {"difference": other_all["mean"] - base_all["mean"], "standard_error": None}
+    if base_all["std"] is not None and other_all["std"] is not None:
+        unpaired["standard_error"] = (base_all["std"] ** 2 / base_all["n"] + other_all["std"] ** 2 / other_all["n"]) ** 0.5
+    summary = {"base": str(base), "other": str(other), "metric": metric, "pairs": pairs, "paired": paired,
+               "base_all": base_all, "other_all": other_all, "unpaired": unpaired,
+               "config_differences": _differences(*configs[0])}
+    return RepeatResult(other, summary, _comparison_markdown(summary))
+
+
+def _finished_members(folder: Path) -> list[dict[str, Any]]:
+    """The members a repeat folder's summary.json lists, or an error saying what is missing."""
+    try:
+        return json.loads((folder / SUMMARY_JSON).read_text())["members"]
+    except FileNotFoundError:
+        raise BudgetnetError(f"{folder} is not a repeat folder (no {SUMMARY_JSON}); "
+                             "give the --out of a `budgetnet repeat`") from None
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise BudgetnetError(f"cannot read the repeat in {folder}: {exc}") from None
+
+
+def _content_hash(run_dir: Path) -> str | None:
+    """The data content hash a run recorded (None where it recorded none)."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text())["data"]["content_hash"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """`section.key: a -> b` for every leaf of two config trees that differs."""
+    out = []
+    for key in sorted(a.keys() | b.keys()):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(f"{prefix}{key}: {x!r} -> {y!r}")
+    return out
+
+
+def _comparison_markdown(c: dict[str, Any]) -> str:
+    base, other = Path(c["base"]).name, Path(c["other"]).name
+    lines = [f"| member | {base} | {other} | paired |", "|---|---|---|---|"]
+    for p in c["pairs"]:
+        name = f"seed-{p['seed']}" if p["fold"] is None else f"fold {p['fold']}, seed {p['seed']}"
+        lines.append(f"| {name} | {100 * p['base']:.2f}% | {100 * p['other']:.2f}% | {100 * p['difference']:+.2f} |")
+    mean_base = sum(p["base"] for p in c["pairs"]) / len(c["pairs"])
+    mean_other = sum(p["other"] for p in c["pairs"]) / len(c["pairs"])
+    lines.append(f"| mean | {100 * mean_base:.2f}% | {100 * mean_other:.2f}% | {100 * c['paired']['mean']:+.2f} |")
+    lines.append("")
+    paired, unpaired = c["paired"], c["unpaired"]
+    lines.append(f"paired ({METRICS[c['metric']]}, {paired['n']} pairs): {100 * paired['mean']:+.2f} points"
+                 f"{_standard_error(paired['mean'], paired['standard_error'])}; "
+                 f"{paired['ahead']} ahead, {paired['behind']} behind")
+    lines.append(f"unpaired (every member): {100 * c['base_all']['mean']:.2f}% ({c['base_all']['n']} runs) -> "
+                 f"{100 * c['other_all']['mean']:.2f}% ({c['other_all']['n']} runs): "
+                 f"{100 * unpaired['difference']:+.2f} points{_standard_error(unpaired['difference'], unpaired['standard_error'])}")
+    lines.append("configs differ in: " + ("; ".join(c["config_differences"]) or "nothing"))
+    return "\n".join(lines) + "\n"
+
+
+def _standard_error(mean: float, se: float | None) -> str:
+    if se is None:
+        return " (one pair: no standard error)"
+    return f" (standard error {100 * se:.2f}" + (f", {mean / se:+.1f} SE)" if se > 0 else ")")

@@ -53,3 +53,19 @@ def repeat(
         return
     typer.echo(result.markdown, nl=False)
     typer.echo(f"wrote {folder / 'summary.json'} and {folder / 'summary.md'}")
+
+
+@app.command()
+def compare(
+    base: Annotated[Path, typer.Argument(help="The repeat folder to compare against (e.g. the default recipe's).")],
+    other: Annotated[Path, typer.Argument(help="The repeat folder of the change.")],
+    best: Annotated[bool, typer.Option("--best", help="Compare the best epoch's accuracy, not the final one.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON instead of the table.")] = False,
+) -> None:
+    """Two repeats seed by seed (or fold by fold): each pair's difference in validation accuracy,
+    the mean difference with its standard error, how many seeds are ahead and behind, the unpaired
+    means of every member, and the config fields the two differ in."""
+    from budgetnet.repeat import compare_repeats
+
+    result = compare_repeats(base, other, "best_val_acc" if best else "final_val_acc")
+    typer.echo(json.dumps(result.summary) if json_out else result.markdown, nl=json_out)
