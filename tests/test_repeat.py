@@ -236,6 +236,10 @@ def test_compare_refuses_what_does_not_pair(data: Path, tmp_path: Path, capsys) 
     (elsewhere / "summary.json").write_text(json.dumps({"members": [
         {**json.loads((base / "summary.json").read_text())["members"][0], "seed": 5}]}))
     capsys.readouterr()
+    # One pair (a repeat against itself): figures without a standard error, no config difference.
+    assert main(["compare", str(base), str(base)]) == 0
+    table = capsys.readouterr().out
+    assert "+0.00 points (no standard error: one value)" in table and "configs differ in: nothing" in table
     for other, message in ((other_split, "validate on different images (data.split_seed: 0 vs 1)"),
                            (other_data, "trained on different datasets"),
                            (elsewhere, "share no seed"),

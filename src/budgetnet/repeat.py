@@ -209,7 +209,15 @@ def _markdown(summary: dict[str, Any]) -> str:
 VALIDATION_DATA = ("val_size", "split_seed", "subset", "labels")
 
 
-def compare_repeats(base: Path | str, other: Path | str, metric: str = "final_val_acc") -> RepeatResult:
+@dataclass
+class Comparison:
+    """Two repeats compared: the figures (`summary`, JSON-ready) and the same as markdown."""
+
+    summary: dict[str, Any]
+    markdown: str
+
+
+def compare_repeats(base: Path | str, other: Path | str, metric: str = "final_val_acc") -> Comparison:
     """`other` against `base`, member by member (the same seed, or the same fold): each pair's
     difference in `metric` (final_val_acc or best_val_acc), their mean, standard deviation and
     standard error, how many are ahead and behind, and the unpaired means of every member; the
@@ -248,7 +256,7 @@ def compare_repeats(base: Path | str, other: Path | str, metric: str = "final_va
     summary = {"base": str(base), "other": str(other), "metric": metric, "pairs": pairs, "paired": paired,
                "base_all": base_all, "other_all": other_all, "unpaired": unpaired,
                "config_differences": _differences(*configs[0])}
-    return RepeatResult(other, summary, _comparison_markdown(summary))
+    return Comparison(summary, _comparison_markdown(summary))
 
 
 def _finished_members(folder: Path) -> list[dict[str, Any]]:
@@ -305,5 +313,5 @@ def _comparison_markdown(c: dict[str, Any]) -> str:
 
 def _standard_error(mean: float, se: float | None) -> str:
     if se is None:
-        return " (one pair: no standard error)"
+        return " (no standard error: one value)"
     return f" (standard error {100 * se:.2f}" + (f", {mean / se:+.1f} SE)" if se > 0 else ")")
