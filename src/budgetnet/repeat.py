@@ -187,21 +187,22 @@ def write_summary(out: Path, members: Sequence[Member]) -> RepeatResult:
     return RepeatResult(out, summary, markdown)
 
 
-def _markdown(summary: dict[str, Any]) -> str:
-    def pct(v: float) -> str:
-        return f"{100 * v:.2f}%"
+def _pct(v: float) -> str:
+    return f"{100 * v:.2f}%"
 
+
+def _markdown(summary: dict[str, Any]) -> str:
     lines = ["| metric | mean | std | min | max | runs |", "|---|---|---|---|---|---|"]
     for key, label in METRICS.items():
         s = summary[key]
         std = "" if s["std"] is None else f"{100 * s['std']:.2f} pp"
-        lines.append(f"| {label} | {pct(s['mean'])} | {std} | {pct(s['min'])} | {pct(s['max'])} | {s['n']} |")
+        lines.append(f"| {label} | {_pct(s['mean'])} | {std} | {_pct(s['min'])} | {_pct(s['max'])} | {s['n']} |")
     lines += ["", "| member | seed | fold | final val acc | best val acc (epoch) | epochs | train s |",
               "|---|---|---|---|---|---|---|"]
     for r in summary["members"]:
         fold = "" if r["fold"] is None else str(r["fold"])
-        lines.append(f"| {r['member']} | {r['seed']} | {fold} | {pct(r['final_val_acc'])} | "
-                     f"{pct(r['best_val_acc'])} ({r['best_epoch']}) | {r['epochs_run']} | {r['train_seconds']:.1f} |")
+        lines.append(f"| {r['member']} | {r['seed']} | {fold} | {_pct(r['final_val_acc'])} | "
+                     f"{_pct(r['best_val_acc'])} ({r['best_epoch']}) | {r['epochs_run']} | {r['train_seconds']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -295,17 +296,17 @@ def _comparison_markdown(c: dict[str, Any]) -> str:
     lines = [f"| member | {base} | {other} | paired |", "|---|---|---|---|"]
     for p in c["pairs"]:
         name = f"seed-{p['seed']}" if p["fold"] is None else f"fold {p['fold']}, seed {p['seed']}"
-        lines.append(f"| {name} | {100 * p['base']:.2f}% | {100 * p['other']:.2f}% | {100 * p['difference']:+.2f} |")
+        lines.append(f"| {name} | {_pct(p['base'])} | {_pct(p['other'])} | {100 * p['difference']:+.2f} |")
     mean_base = sum(p["base"] for p in c["pairs"]) / len(c["pairs"])
     mean_other = sum(p["other"] for p in c["pairs"]) / len(c["pairs"])
-    lines.append(f"| mean | {100 * mean_base:.2f}% | {100 * mean_other:.2f}% | {100 * c['paired']['mean']:+.2f} |")
+    lines.append(f"| mean | {_pct(mean_base)} | {_pct(mean_other)} | {100 * c['paired']['mean']:+.2f} |")
     lines.append("")
     paired, unpaired = c["paired"], c["unpaired"]
     lines.append(f"paired ({METRICS[c['metric']]}, {paired['n']} pairs): {100 * paired['mean']:+.2f} points"
                  f"{_standard_error(paired['mean'], paired['standard_error'])}; "
                  f"{paired['ahead']} ahead, {paired['behind']} behind")
-    lines.append(f"unpaired (every member): {100 * c['base_all']['mean']:.2f}% ({c['base_all']['n']} runs) -> "
-                 f"{100 * c['other_all']['mean']:.2f}% ({c['other_all']['n']} runs): "
+    lines.append(f"unpaired (every member): {_pct(c['base_all']['mean'])} ({c['base_all']['n']} runs) -> "
+                 f"{_pct(c['other_all']['mean'])} ({c['other_all']['n']} runs): "
                  f"{100 * unpaired['difference']:+.2f} points{_standard_error(unpaired['difference'], unpaired['standard_error'])}")
     lines.append("configs differ in: " + ("; ".join(c["config_differences"]) or "nothing"))
     return "\n".join(lines) + "\n"
