@@ -723,13 +723,11 @@ class _Objective:
             _prune(trial, f"over budget: the candidate {reason}", over_budget=True)
         trial.set_user_attr("run_dir", run_dir.relative_to(self.out).as_posix())
         trial.set_user_attr("config", cfg.model_dump(mode="json"))
-        if resumed is not None:
-            for row in read_metrics(run_dir / "metrics.csv"):  # the pruner sees the epochs done before
-                trial.report(row["val_acc"], int(row["epoch"]))
+        reported: set[int] = set()
         try:
             with _silenced(not self.verbose):
                 result = train(cfg, run_dir, resume=resumed is not None, quiet=True,
-                               on_epoch_end=lambda row: self._epoch_end(trial, row, cfg.train.epochs))
+                               on_epoch_end=lambda row: self._epoch_end(trial, row, cfg.train.epochs, run_dir, reported))
         except optuna.TrialPruned:
             _drop_checkpoints(run_dir, keep_best=False)
             raise
@@ -758,9 +756,16 @@ class _Objective:
         trial.set_user_attr("note", f"resumed trial {number}")
         return build_config(attrs["config"]), self.out / attrs["run_dir"]
 
-    def _epoch_end(self, trial: optuna.Trial, row: dict[str, float], epochs: int) -> None:
+    def _epoch_end(self, trial: optuna.Trial, row: dict[str, float], epochs: int, run_dir: Path,
+                   reported: set[int]) -> None:
         epoch = int(row["epoch"])
-        trial.report(row["val_acc"], epoch)
+        # The pruner sees a resumed trial's earlier epochs too, read at its first epoch's end: by
+        # then the restore has rewritten metrics.csv from the checkpoint's own history, which a kill
+        # between the checkpoint and the metrics file cannot leave one epoch short.
+        for earlier in [*read_metrics(run_dir / "metrics.csv"), row] if not reported else [row]:
+            if (e := int(earlier["epoch"])) <= epoch and e not in reported:
+                trial.report(earlier["val_acc"], e)
+                reported.add(e)
         trial.set_user_attr("epochs_run", epoch)
         trial.set_user_attr("train_seconds", row["train_seconds"])
         # Pruning after the last epoch would save nothing and throw a finished result away.
