@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Screens changes to the default recipe on one CUDA GPU, seed by seed against the default itself.
-# Every variant trains `budgetnet repeat --seeds SEEDS --data DATA FLAGS` into OUT/NAME, all
+# Every variant trains `budgetnet repeat --seeds SEEDS --data DATA FLAGS` into OUT/NAME, several
 # variants at once, one process each: the default's 2M-parameter net in 500-image slices keeps an
 # H200 about 6% busy (45.8 of ~790 TFLOP/s; kernel launches bound it), so processes side by side
 # fill the gaps instead of queueing. Then `budgetnet compare OUT/FIRST OUT/NAME` for every other.
