@@ -140,6 +140,17 @@ def test_killed_repeat_continues_and_trains_every_seed_once(data: Path, tmp_path
     assert (out / "summary.md").read_text().count("| seed-") == 5
     with pytest.raises(BudgetnetError, match="another config"):
         run_repeat(tiny_run_config(data, optim={"lr": 0.05}), out, seeds=[0])
+    # A repeat.json written before a setting existed (here: without whiten_eps) still continues
+    # with the same options, the setting at its default; a config that no longer validates does not.
+    plan = json.loads((out / "repeat.json").read_text())
+    del plan["config"]["model"]["whiten_eps"]
+    (out / "repeat.json").write_text(json.dumps(plan))
+    run_repeat(cfg, out, seeds=[6])
+    assert calls[6:] == [("seed-6", False)]
+    plan["config"]["model"]["blocks"] = "many"
+    (out / "repeat.json").write_text(json.dumps(plan))
+    with pytest.raises(BudgetnetError, match="another config"):
+        run_repeat(cfg, out, seeds=[7])
 
 
 # ---- the command -------------------------------------------------------------------------

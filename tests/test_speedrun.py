@@ -27,14 +27,30 @@ def test_whitening_stem_decorrelates_the_patches_it_was_fitted_on() -> None:
     g = torch.Generator().manual_seed(0)
     base = torch.randn(64, 3, 12, 12, generator=g)
     images = base + 0.8 * base.roll(1, dims=1) + 0.5 * base.roll(1, dims=3)  # correlated channels and pixels
-    stem = WhiteningStem(3, 2)
-    stem.init_whitening(images, eps=0.0)
+    stem = WhiteningStem(3, 2, eps=0.0)
+    stem.init_whitening(images)
     out = torch.nn.functional.conv2d(images, stem.conv.weight[:12])  # before the activation
     flat = out.permute(0, 2, 3, 1).reshape(-1, 12).double()
     covariance = flat.T @ flat / len(flat)
     torch.testing.assert_close(covariance, torch.eye(12, dtype=torch.float64), atol=1e-3, rtol=0)
     torch.testing.assert_close(stem.conv.weight[12:], -stem.conv.weight[:12])
     assert not stem.conv.weight.requires_grad and stem.conv.bias.requires_grad
+
+
+def test_whiten_eps_caps_the_gain_of_the_faintest_patch_directions() -> None:
+    """Each whitening filter is a unit eigenvector / sqrt(eigenvalue + whiten_eps), so the
+    spec's eps bounds every filter's norm, and a larger eps lowers the largest one."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(64, 3, 12, 12, generator=g)
+    images = torch.cat((base[:, :2], base[:, 1:2] + 0.01 * base[:, 2:]), dim=1)  # G and B nearly equal
+    largest = {}
+    for eps in (1e-4, 1e-1):
+        model = build_model(load_model_section({"preset": "speedrun_2m", "whiten_eps": eps}))
+        model.stem.init_whitening(images)
+        norms = model.stem.conv.weight.flatten(1).norm(dim=1)
+        assert norms.max() <= eps**-0.5
+        largest[eps] = norms.max().item()
+    assert largest[1e-1] < largest[1e-4] / 2
 
 
 def test_speedrun_presets_match_their_public_counts() -> None:

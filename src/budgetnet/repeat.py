@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from budgetnet.config import RunConfig, build_config, read_yaml_mapping
 from budgetnet.errors import BudgetnetError, stderr_line
@@ -150,7 +151,7 @@ def _claim(out: Path, cfg: RunConfig) -> None:
             saved = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise BudgetnetError(f"cannot read {path}: {exc}; use another --out") from None
-        if saved != json.loads(json.dumps(plan)):
+        if _saved_config(saved) != plan["config"]:
             raise BudgetnetError(f"{out} holds a repeat of another config; run the same options again to continue "
                                  "it, or use another --out")
         return
@@ -158,6 +159,15 @@ def _claim(out: Path, cfg: RunConfig) -> None:
         raise BudgetnetError(f"{out} exists and is not a repeat folder; use another --out")
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, plan)
+
+
+def _saved_config(saved: Any) -> dict[str, Any] | None:
+    """A repeat.json's config read through today's schema, so that a setting added since, at
+    its default, does not make the same options another repeat; None if it no longer validates."""
+    try:
+        return RunConfig.model_validate(saved["config"]).model_dump(mode="json")
+    except (TypeError, KeyError, ValidationError):
+        return None
 
 
 def _say(progress: bool, line: str) -> None:

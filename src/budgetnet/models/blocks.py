@@ -188,21 +188,23 @@ class WhiteningStem(nn.Module):
     activation. Decorrelated inputs are what lets the layers after it take large steps from
     the first batch; the weights stay frozen and only the bias trains (briefly)."""
 
-    def __init__(self, in_ch: int, kernel: int, act: str = "gelu"):
+    def __init__(self, in_ch: int, kernel: int, act: str = "gelu", eps: float = 5e-4):
         super().__init__()
+        self.eps = eps
         self.conv = nn.Conv2d(in_ch, 2 * in_ch * kernel * kernel, kernel, padding=0, bias=True)
         self.conv.weight.requires_grad_(False)
         self.act = make_activation(act)
 
     @torch.no_grad()
-    def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:
-        """Set the filters from normalized NCHW float `images` (a few thousand are plenty)."""
+    def init_whitening(self, images: torch.Tensor) -> None:
+        """Set the filters from normalized NCHW float `images` (a few thousand are plenty),
+        with `eps` added to every eigenvalue before its 1/sqrt."""
         c, k = self.conv.in_channels, self.conv.kernel_size[0]
         patches = images.float().unfold(2, k, 1).unfold(3, k, 1)  # N, C, H', W', k, k
         patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k).double()
         covariance = patches.T @ patches / len(patches)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
-        filters = (eigenvectors.T / (eigenvalues + eps).sqrt()[:, None]).flip(0).view(c * k * k, c, k, k)
+        filters = (eigenvectors.T / (eigenvalues + self.eps).sqrt()[:, None]).flip(0).view(c * k * k, c, k, k)
         self.conv.weight.copy_(torch.cat((filters, -filters)).to(self.conv.weight.dtype))
         self.conv.bias.zero_()
 

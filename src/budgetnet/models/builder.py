@@ -25,7 +25,8 @@ class ResNet(nn.Module):
             BLOCKS[spec.block], kernels=spec.kernels, skip_kernel=spec.skip_kernel, act=spec.activation
         )
         self.stem: nn.Module = (
-            WhiteningStem(spec.in_channels, spec.whiten_kernel, act=spec.activation) if spec.stem == "whiten"
+            WhiteningStem(spec.in_channels, spec.whiten_kernel, act=spec.activation, eps=spec.whiten_eps)
+            if spec.stem == "whiten"
             else ConvBNAct(spec.in_channels, spec.stem_channels, spec.stem_kernel, act=spec.activation)
         )
         layers: list[nn.Module] = []

@@ -57,7 +57,8 @@ class ResNetSpec(BaseModel):
     ``stem: whiten`` replaces the stem conv by a frozen ``whiten_kernel`` x ``whiten_kernel``
     patch-whitening conv (no padding) with both signs of each eigenvector, so it has
     ``2 * in_channels * whiten_kernel**2`` outputs; its weights are set from the training
-    data's patch covariance before training (`init_whitening`), only its bias trains.
+    data's patch covariance before training (`init_whitening`), only its bias trains;
+    ``whiten_eps`` caps how much it amplifies the faintest patch directions.
 
     ``channels`` is always the width a layer *outputs*, for every block type, so counts and
     width fitting mean the same thing for all of them (a bottleneck's inner width is
@@ -77,6 +78,11 @@ class ResNetSpec(BaseModel):
     stem_kernel: Kernel = 3
     stem: StemKind = "conv"
     whiten_kernel: int = Field(default=2, ge=1, le=8)
+    whiten_eps: float = Field(
+        default=5e-4, gt=0.0, lt=1.0, allow_inf_nan=False,
+        description="added to each patch-covariance eigenvalue before its 1/sqrt: caps the gain of "
+        "the faintest patch directions (airbench's 5e-4)",
+    )
     pool: Width | Literal["global"] = "global"
     pool_op: Literal["avg", "max"] = "avg"
     conv_init: ConvInit = "kaiming"
