@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import tiny_run_config, write_noisy_npz
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -232,6 +233,12 @@ def test_compare_pairs_members_by_seed(data: Path, tmp_path: Path, capsys) -> No
     table = capsys.readouterr().out
     assert table.count("| seed-") == 2 and "| seed-0 |" not in table
     assert "2 pairs" in table and "configs differ in: optim.lr: 0.1 -> 0.05" in table
+    # A run trained before a setting existed compares as trained at the setting's default.
+    saved = yaml.safe_load((base / "seed-1" / "config.yaml").read_text())
+    del saved["model"]["whiten_eps"]
+    (base / "seed-1" / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert main(["compare", str(base), str(change), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config_differences"] == ["optim.lr: 0.1 -> 0.05"]
 
 
 def test_compare_refuses_what_does_not_pair(data: Path, tmp_path: Path, capsys) -> None:

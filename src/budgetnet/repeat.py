@@ -151,7 +151,7 @@ def _claim(out: Path, cfg: RunConfig) -> None:
             saved = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise BudgetnetError(f"cannot read {path}: {exc}; use another --out") from None
-        if _saved_config(saved) != plan["config"]:
+        if _through_schema(saved.get("config") if isinstance(saved, dict) else None) != plan["config"]:
             raise BudgetnetError(f"{out} holds a repeat of another config; run the same options again to continue "
                                  "it, or use another --out")
         return
@@ -161,12 +161,13 @@ def _claim(out: Path, cfg: RunConfig) -> None:
     write_json(path, plan)
 
 
-def _saved_config(saved: Any) -> dict[str, Any] | None:
-    """A repeat.json's config read through today's schema, so that a setting added since, at
-    its default, does not make the same options another repeat; None if it no longer validates."""
+def _through_schema(config: Any) -> dict[str, Any] | None:
+    """A saved config read through today's schema, so that a setting added since counts at its
+    default (the same options still continue a repeat; a comparison shows the value trained);
+    None if it no longer validates."""
     try:
-        return RunConfig.model_validate(saved["config"]).model_dump(mode="json")
-    except (TypeError, KeyError, ValidationError):
+        return RunConfig.model_validate(config).model_dump(mode="json")
+    except ValidationError:
         return None
 
 
@@ -232,7 +233,8 @@ def compare_repeats(base: Path | str, other: Path | str, metric: str = "final_va
     """`other` against `base`, member by member (the same seed, or the same fold): each pair's
     difference in `metric` (final_val_acc or best_val_acc), their mean, standard deviation and
     standard error, how many are ahead and behind, and the unpaired means of every member; the
-    config fields the two differ in, read from the first pair's saved configs (as trained).
+    config fields the two differ in, read from the first pair's saved configs (as trained, through
+    today's schema).
     Refused unless both validate on the same images."""
     if metric not in METRICS:
         raise BudgetnetError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
@@ -266,7 +268,7 @@ def compare_repeats(base: Path | str, other: Path | str, metric: str = "final_va
         unpaired["standard_error"] = (base_all["std"] ** 2 / base_all["n"] + other_all["std"] ** 2 / other_all["n"]) ** 0.5
     summary = {"base": str(base), "other": str(other), "metric": metric, "pairs": pairs, "paired": paired,
                "base_all": base_all, "other_all": other_all, "unpaired": unpaired,
-               "config_differences": _differences(*configs[0])}
+               "config_differences": _differences(*(_through_schema(c) or c for c in configs[0]))}
     return Comparison(summary, _comparison_markdown(summary))
 
 
