@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from budgetnet.config import RunConfig, build_config, read_yaml_mapping
 from budgetnet.errors import BudgetnetError, stderr_line
@@ -166,8 +165,8 @@ def _through_schema(config: Any) -> dict[str, Any] | None:
     default (the same options still continue a repeat; a comparison shows the value trained);
     None if it no longer validates."""
     try:
-        return RunConfig.model_validate(config).model_dump(mode="json")
-    except ValidationError:
+        return build_config(config).model_dump(mode="json")
+    except BudgetnetError:
         return None
 
 

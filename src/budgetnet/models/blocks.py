@@ -188,7 +188,7 @@ class WhiteningStem(nn.Module):
     activation. Decorrelated inputs are what lets the layers after it take large steps from
     the first batch; the weights stay frozen and only the bias trains (briefly)."""
 
-    def __init__(self, in_ch: int, kernel: int, act: str = "gelu", eps: float = 5e-4):
+    def __init__(self, in_ch: int, kernel: int, eps: float, act: str = "gelu"):
         super().__init__()
         self.eps = eps
         self.conv = nn.Conv2d(in_ch, 2 * in_ch * kernel * kernel, kernel, padding=0, bias=True)
