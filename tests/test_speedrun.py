@@ -81,6 +81,7 @@ def test_dirac_init_passes_a_stage_input_through() -> None:
         ({"preset": "flagship", "block": "plain", "stage_kinds": ["residual", "conv_pool", "conv_pool"],
           "block_kernels": [3]}, "block plain has no skip"),
         ({"preset": "speedrun_2m", "whiten_kernel": 8, "input_size": 4}, "larger than the 4-pixel input"),
+        ({"preset": "speedrun_2m", "whiten_eps": 0}, r"model.whiten_eps: Input should be greater than 0 \(got 0\)"),
     ],
 )
 def test_inconsistent_speedrun_specs_are_one_line_errors(section: dict, match: str) -> None:
