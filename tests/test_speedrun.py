@@ -74,6 +74,30 @@ def test_dirac_init_passes_a_stage_input_through() -> None:
     assert not bn.weight.requires_grad and bn.momentum == 0.4 and bn.eps == 1e-12
 
 
+def test_squeeze_excite_adds_its_gates_at_a_zero_excitation() -> None:
+    """se_ratio adds two 1x1 convs per layer (C x round(C * ratio) weights each, counted and
+    trained by Muon as filters) that cost ~0.06% more FLOPs; at init the excitation is zero and
+    the net computes exactly what the same weights compute without the gates."""
+    plain = load_model_section({"preset": "speedrun_2m"})
+    gated = load_model_section({"preset": "speedrun_2m", "se_ratio": 0.25})
+    assert count_params(gated) - count_params(plain) == 2 * (64 * 16 + 2 * 256 * 64)
+    assert 0 < summarize(gated).flops / summarize(plain).flops - 1 < 1e-3
+    without, with_gates = build_model(plain).eval(), build_model(gated).eval()
+    for i, layer in enumerate(with_gates.layers):
+        layer[0].load_state_dict(without.layers[i].state_dict())
+        assert not layer[1].expand.weight.any()
+    with_gates.stem.load_state_dict(without.stem.state_dict())
+    with_gates.fc.load_state_dict(without.fc.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(with_gates(x), without(x))
+    gates = with_gates.layers[2][1]
+    torch.nn.init.normal_(gates.expand.weight)
+    features = torch.randn(2, 256, 3, 3)
+    scale = gates(features) / features  # per image and channel, the same over the map
+    assert scale.flatten(2).std(dim=2).max() < 1e-4 and scale.min() > 0 and scale.max() < 2
+    assert scale[0, :, 0, 0].std() > 0.1
+
+
 @pytest.mark.parametrize(
     "section,match",
     [
@@ -82,6 +106,7 @@ def test_dirac_init_passes_a_stage_input_through() -> None:
           "block_kernels": [3]}, "block plain has no skip"),
         ({"preset": "speedrun_2m", "whiten_kernel": 8, "input_size": 4}, "larger than the 4-pixel input"),
         ({"preset": "speedrun_2m", "whiten_eps": 0}, r"model.whiten_eps: Input should be greater than 0 \(got 0\)"),
+        ({"preset": "speedrun_2m", "se_ratio": 1.5}, r"model.se_ratio: Input should be less than or equal to 1"),
     ],
 )
 def test_inconsistent_speedrun_specs_are_one_line_errors(section: dict, match: str) -> None:

@@ -85,11 +85,11 @@ def test_every_optimizer_builds_and_lowers_the_loss(name: str) -> None:
     assert loss_of(model).item() < first
 
 
-def speedrun_net() -> nn.Module:
+def speedrun_net(**spec: object) -> nn.Module:
     from budgetnet.models import build_model, get_preset
 
     torch.manual_seed(0)
-    return build_model(get_preset("speedrun_2m").model_copy(update={"channels": [8, 16, 16]}))
+    return build_model(get_preset("speedrun_2m").model_copy(update={"channels": [8, 16, 16], **spec}))
 
 
 def test_muon_groups_filters_head_and_stem_bias() -> None:
@@ -109,6 +109,19 @@ def test_muon_groups_filters_head_and_stem_bias() -> None:
     grouped = [id(p) for g in opt.param_groups for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in model.parameters() if p.requires_grad)
     assert model.stem.conv.weight.requires_grad is False and id(model.stem.conv.weight) not in grouped
+
+
+def test_muon_trains_the_squeeze_excite_gates_from_zero() -> None:
+    """The gates' 1x1 convs are filters to Muon; the zero-initialized expand conv survives the
+    renormalization (0 stays 0, no NaN) and leaves zero after one step."""
+    model = speedrun_net(se_ratio=0.5)
+    opt = build_optimizer(model, optim(name="muon"))
+    filters = {id(p) for p in opt.param_groups[-1]["params"]}
+    gates = [m for layer in model.layers for m in (layer[1].reduce, layer[1].expand)]
+    assert all(id(m.weight) in filters for m in gates)
+    nn.functional.cross_entropy(model(torch.randn(16, 3, 32, 32)), torch.randint(0, 10, (16,))).backward()
+    opt.step()
+    assert all(m.weight.isfinite().all() and m.weight.abs().sum() > 0 for m in gates)
 
 
 def test_muon_steps_keep_filter_norms_and_resume_exactly() -> None:

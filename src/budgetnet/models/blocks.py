@@ -212,6 +212,25 @@ class WhiteningStem(nn.Module):
         return self.act(self.conv(x))
 
 
+class SqueezeExcite(nn.Module):
+    """Squeeze-excitation (Hu et al. 2018): per image, rescale each channel by a gate computed
+    from all channels' means. Its two 1x1 convs act on a 1x1 map, so they cost ~2 * C * hidden
+    FLOPs an image: a reweighting that is nearly free where the budget counts FLOPs, not
+    seconds (the speed runs leave it out for its latency on a GPU). The gate is 2 * sigmoid,
+    so a zero excitation passes the input through at its scale, as dirac-initialized layers do."""
+
+    def __init__(self, channels: int, hidden: int, act: str = "relu"):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = nn.Conv2d(channels, hidden, 1, bias=False)
+        self.act = make_activation(act)
+        self.expand = nn.Conv2d(hidden, channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.expand(self.act(self.reduce(self.pool(x))))
+        return x * (2.0 * torch.sigmoid(gate))
+
+
 class ConvPoolStage(nn.Module):
     """ResNet-9 / airbench stage: conv 3x3 -> MaxPool2d(pool) -> BN -> act -> residual blocks.
 

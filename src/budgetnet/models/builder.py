@@ -8,7 +8,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from budgetnet.models.blocks import BLOCKS, ConvBNAct, ConvPoolStage, WhiteningStem, make_activation
+from budgetnet.models.blocks import BLOCKS, ConvBNAct, ConvPoolStage, SqueezeExcite, WhiteningStem, make_activation
 from budgetnet.models.spec import ResNetSpec
 
 
@@ -38,6 +38,9 @@ class ResNet(nn.Module):
                 # Only the first block changes stride/width; the rest are identity-skip blocks.
                 first = block(width, out, stride)
                 layers.append(nn.Sequential(first, *(block(out, out, 1) for _ in range(depth - 1))))
+            if spec.se_ratio > 0:
+                hidden = max(1, round(out * spec.se_ratio))
+                layers[-1] = nn.Sequential(layers[-1], SqueezeExcite(out, hidden, act=spec.activation))
             width = out
         self.layers = nn.Sequential(*layers)
         # A pre-activation block ends on an un-normalized sum; normalize once before the head.
@@ -71,6 +74,10 @@ class ResNet(nn.Module):
                 nn.init.dirac_(m.weight[: m.in_channels])
             else:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for m in self.modules():
+            if isinstance(m, SqueezeExcite) and not m.expand.weight.is_meta:
+                # A zero excitation gates every channel at exactly 1: the net starts as it would without.
+                nn.init.zeros_(m.expand.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.final(self.layers(self.stem(x)))

@@ -83,6 +83,11 @@ class ResNetSpec(BaseModel):
         description="added to each patch-covariance eigenvalue before its 1/sqrt: caps the gain of "
         "the faintest patch directions (airbench's 5e-4)",
     )
+    se_ratio: float = Field(
+        default=0.0, ge=0.0, le=1.0, allow_inf_nan=False,
+        description="squeeze-excitation after every layer: its hidden width as a fraction of the layer's "
+        "(0: none). Gates cost ~2 * width**2 * ratio FLOPs an image, next to nothing",
+    )
     pool: Width | Literal["global"] = "global"
     pool_op: Literal["avg", "max"] = "avg"
     conv_init: ConvInit = "kaiming"
