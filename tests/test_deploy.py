@@ -149,6 +149,20 @@ def test_int8_keeps_a_whitening_stem(tmp_path: Path, capsys) -> None:
     assert len(weights) == 7 and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
 
 
+def test_squeeze_excite_gates_export_and_quantize(tmp_path: Path, capsys) -> None:
+    """The gates (mean pool, two 1x1 convs, sigmoid, a per-channel product) export, match
+    PyTorch, and keep their accuracy in int8 with no fallback."""
+    data = write_npz(tmp_path / "easy.npz", make_synthetic({"train": 60, "test": 10}, seed=4))
+    run = train_tiny(data, tmp_path / "run", "--val-size", "60", "--preset", "speedrun_2m", "--blocks", "1,1,1",
+                     "--channels", "8,16,16", "--set", "model.se_ratio=0.5", epochs=4)
+    capsys.readouterr()
+    q = export_model(run, tmp_path / "export", int8=True)["int8"]
+    assert capsys.readouterr().err == ""
+    assert q["fp32"]["accuracy"] >= 0.9 and abs(q["accuracy_drop_points"]) <= 100 / 60 + 1e-9
+    ops = {node.op_type for node in onnx.load(tmp_path / "export" / "model.onnx").graph.node}
+    assert {"Sigmoid", "Mul"} <= ops
+
+
 def test_int8_is_deterministic(exported: tuple[Path, dict], trained: tuple[Path, Path], tmp_path: Path,
                                capsys) -> None:
     """Same seed: the same calibration images and the same int8 file, byte for byte; another
