@@ -14,7 +14,7 @@ from conftest import make_synthetic, tiny_run_config, write_npz
 from budgetnet.config import load_config
 from budgetnet.errors import BudgetnetError
 from budgetnet.models import build_model, count_params, get_preset, load_model_section, summarize
-from budgetnet.models.blocks import WhiteningStem
+from budgetnet.models.blocks import MaxBlurPool, WhiteningStem
 from budgetnet.train import engine
 from budgetnet.train.checkpoint import Progress, load_checkpoint
 from budgetnet.train.distributed import Ranks
@@ -96,6 +96,29 @@ def test_squeeze_excite_adds_its_gates_at_a_zero_excitation() -> None:
     scale = gates(features) / features  # per image and channel, the same over the map
     assert scale.flatten(2).std(dim=2).max() < 1e-4 and scale.min() > 0 and scale.max() < 2
     assert scale[0, :, 0, 0].std() > 0.1
+
+
+@pytest.mark.parametrize("side,pool", [(31, 2), (15, 2), (7, 2), (63, 4)])
+def test_blurred_max_pool_keeps_the_output_size_and_varies_less_under_a_shift(side: int, pool: int) -> None:
+    """pool_blur's pool gives MaxPool2d's output size; no weights to train or save; and a
+    one-pixel shift of a random map moves its output less than plain max-pooling's."""
+    x = torch.randn(4, 8, side + 1, side + 1, generator=torch.Generator().manual_seed(side))
+    blurred, plain = MaxBlurPool(8, pool), torch.nn.MaxPool2d(pool)
+    a, b = x[..., :-1, :-1], x[..., 1:, 1:]
+    assert blurred(a).shape == plain(a).shape
+    assert not list(blurred.parameters()) and not blurred.state_dict()
+    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))  # the padded border blurs in zeros
+    assert (blurred(a) - blurred(b))[inner].abs().mean() < 0.8 * (plain(a) - plain(b))[inner].abs().mean()
+    constant = torch.full((1, 8, side, side), 3.0)
+    torch.testing.assert_close(blurred(constant)[inner], torch.full_like(blurred(constant)[inner], 3.0))
+
+
+def test_pool_blur_builds_into_every_conv_pool_layer() -> None:
+    spec = load_model_section({"preset": "speedrun_2m", "pool_blur": True})
+    model = build_model(spec)
+    assert all(isinstance(layer.pool, MaxBlurPool) for layer in model.layers)
+    assert count_params(spec) == count_params(get_preset("speedrun_2m"))
+    assert 0 < summarize(spec).flops / summarize(get_preset("speedrun_2m")).flops - 1 < 0.003
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ class ResNet(nn.Module):
         width = spec.stem_channels
         for kind, depth, out, stride in zip(spec.layer_kinds, spec.blocks, spec.channels, spec.layer_strides):
             if kind == "conv_pool":
-                layers.append(ConvPoolStage(width, out, stride, depth, block, act=spec.activation))
+                layers.append(ConvPoolStage(width, out, stride, depth, block, act=spec.activation, blur=spec.pool_blur))
             else:
                 # Only the first block changes stride/width; the rest are identity-skip blocks.
                 first = block(width, out, stride)

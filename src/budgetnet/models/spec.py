@@ -88,6 +88,11 @@ class ResNetSpec(BaseModel):
         description="squeeze-excitation after every layer: its hidden width as a fraction of the layer's "
         "(0: none). Gates cost ~2 * width**2 * ratio FLOPs an image, next to nothing",
     )
+    pool_blur: bool = Field(
+        default=False,
+        description="conv_pool layers pool anti-aliased (Zhang 2019): the max over each window at stride 1, "
+        "then a fixed [1,2,1] x [1,2,1] / 16 blur at the pool's stride (same output size)",
+    )
     pool: Width | Literal["global"] = "global"
     pool_op: Literal["avg", "max"] = "avg"
     conv_init: ConvInit = "kaiming"
