@@ -3,7 +3,8 @@ speed-run stages keep `nn.MaxPool2d` though pooling is ~12% of their step on a b
 
 Times `F.max_pool2d` against two formulations built from other ops (a reshape + `amax`, and
 the elementwise maximum of the four strided 2x2 phases) on the three pooled shapes of the
-default recipe's 500-image slices, checking that each gives the same output.
+default recipe's 500-image slices, checking that each gives the same output; then what
+`pool_blur`'s anti-aliased pool costs on the same shapes (its stride-1 max alone, and whole).
 
     .venv/bin/python benchmarks/pool_kernels.py [--batch 500] [--repeats 5]
 """
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from throughput import best_seconds  # noqa: E402  (the peak timings' warm-up + fastest-of-N)
 
+from budgetnet.models.blocks import MaxBlurPool  # noqa: E402
 from budgetnet.runtime import autocast_dtype  # noqa: E402
 
 
@@ -63,6 +65,9 @@ def main() -> None:
             same = "" if torch.equal(fn(x), reference) else " (DIFFERS)"
             cells.append(f"{name} {fwd_bwd_ms(fn, x, args.repeats):.1f} ms{same}")
         print(f"{args.batch}x{c}x{side}x{side}: " + " | ".join(cells))
+        stride1 = fwd_bwd_ms(lambda t: F.max_pool2d(t, 2, stride=1), x, args.repeats)
+        print(f"  anti-aliased (pool_blur): max at stride 1 {stride1:.1f} ms | "
+              f"MaxBlurPool {fwd_bwd_ms(MaxBlurPool(c, 2), x, args.repeats):.1f} ms")
 
 
 if __name__ == "__main__":

@@ -17,3 +17,10 @@ def test_every_kernel_is_a_2x2_max_pool_in_channels_last(name: str) -> None:
     out = pool_kernels.KERNELS[name](x)
     assert torch.equal(out, F.max_pool2d(x, 2))
     assert pool_kernels.fwd_bwd_ms(pool_kernels.KERNELS[name], x, repeats=1) > 0
+
+
+def test_the_benchmark_prints_the_anti_aliased_pool_beside_the_kernels(monkeypatch, capsys) -> None:
+    monkeypatch.setattr("sys.argv", ["pool_kernels.py", "--batch", "2", "--repeats", "1"])
+    pool_kernels.main()
+    out = capsys.readouterr().out
+    assert out.count("anti-aliased (pool_blur): max at stride 1") == 3 and "MaxBlurPool" in out
