@@ -215,8 +215,8 @@ class WhiteningStem(nn.Module):
 class SqueezeExcite(nn.Module):
     """Squeeze-excitation (Hu et al. 2018): per image, rescale each channel by a gate computed
     from all channels' means. Its two 1x1 convs act on a 1x1 map, so they cost ~2 * C * hidden
-    FLOPs an image: a reweighting that is nearly free where the budget counts FLOPs, not
-    seconds (the speed runs leave it out for its latency on a GPU). The gate is 2 * sigmoid,
+    FLOPs an image: a reweighting that is nearly free where the budget counts FLOPs rather
+    than seconds. The gate is 2 * sigmoid,
     so a zero excitation passes the input through at its scale, as dirac-initialized layers do."""
 
     def __init__(self, channels: int, hidden: int, act: str = "relu"):
@@ -235,7 +235,9 @@ class MaxBlurPool(nn.Module):
     """Anti-aliased max-pooling (Zhang 2019, "Making convolutional networks shift-invariant
     again"): the max over each `pool` x `pool` window at stride 1, then a fixed binomial blur
     subsampled at stride `pool`. Same output size as MaxPool2d(pool). The blur is a depthwise
-    3x3 conv on the pooled map, ~0.2% of speedrun_2m's FLOPs."""
+    3x3 conv on the pooled map, ~0.2% of speedrun_2m's FLOPs; the seconds are another matter:
+    the stride-1 max touches 4x the elements, and on a bf16 CPU the three pools of speedrun_2m
+    took 2.8x as long as 2x2 max-pools, forward + backward (benchmarks/pool_kernels.py)."""
 
     def __init__(self, channels: int, pool: int):
         super().__init__()
