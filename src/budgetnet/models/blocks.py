@@ -216,8 +216,8 @@ class SqueezeExcite(nn.Module):
     """Squeeze-excitation (Hu et al. 2018): per image, rescale each channel by a gate computed
     from all channels' means. Its two 1x1 convs act on a 1x1 map, so they cost ~2 * C * hidden
     FLOPs an image: a reweighting that is nearly free where the budget counts FLOPs rather
-    than seconds. The gate is 2 * sigmoid,
-    so a zero excitation passes the input through at its scale, as dirac-initialized layers do."""
+    than seconds. The gate is 2 * sigmoid, so a zero excitation passes the input through at
+    its scale, as dirac-initialized layers do."""
 
     def __init__(self, channels: int, hidden: int, act: str = "relu"):
         super().__init__()
