@@ -128,6 +128,8 @@ def test_yaml_syntax_error_and_missing_file(capsys, tmp_path: Path) -> None:
     bad.write_text("optim: {name: sgd\ntrain: [\n")
     assert "not valid YAML" in fails(capsys, "train", "--config", bad)
     assert "does not exist" in fails(capsys, "train", "--config", tmp_path / "absent.yaml")
+    # A name longer than the file system allows: stat raises rather than answering False.
+    assert "File name too long" in fails(capsys, "train", "--config", "9" * 400)
 
 
 def test_section_that_is_not_a_mapping(capsys, npz: Path, tmp_path: Path) -> None:

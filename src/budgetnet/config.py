@@ -250,9 +250,9 @@ def read_yaml_mapping(path: Path, holds: str = "a mapping of sections") -> dict[
     """A YAML file that must hold a mapping (`holds` names it in the error); one-line errors
     for everything else."""
     path = Path(path)
-    if not path.is_file():
-        raise BudgetnetError(f"config file {path} does not exist")
     try:
+        if not path.is_file():  # raises, not False, for a name too long for the file system
+            raise BudgetnetError(f"config file {path} does not exist")
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         size = _expanded_size(data)
     except OSError as exc:
