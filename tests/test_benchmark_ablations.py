@@ -122,21 +122,27 @@ def test_rows_picks_rows_by_name_and_refuses_a_name_no_row_has(tmp_path: Path, m
     assert f"--out {tmp_path / 'rows.jsonl'} --table {tmp_path / 'rows.md'}" in command
 
 
-def test_the_batch_1000_row_is_the_default_recipe() -> None:
+def test_the_anti_aliased_row_is_the_default_recipe() -> None:
     """The row measured as the default recipe trains what `budgetnet train` trains with no recipe
-    named: the same config but for the benchmark's compute cap, and the same 401 steps; the row
-    it is measured against, the default before batch 1,000, its 198 steps of 2,000."""
+    named: the same config but for the benchmark's compute cap, and the same 400 steps; the rows
+    before it, batch 1,000 with 2x2 max-pools, its 401 steps, and the default before batch
+    1,000, its 198 steps of 2,000."""
     proto = ablations.PROTOCOLS["full"]
     pflop = ablations.baseline_pflop(proto, proto.epochs, DATA)
     crops = ablations.row_config(proto, ablations.ROWS["random 28 px crops for the first 50%, 9 epochs (1.125x the steps)"],
                                  0, DATA, proto.epochs, pflop)
-    row = ablations.row_config(proto, ablations.ROWS["the default's crops with batch 1,000 and Muon lr 0.17 (9 epochs)"],
-                               0, DATA, proto.epochs, pflop)
+    batch_1000 = ablations.row_config(
+        proto, ablations.ROWS["the default's crops with batch 1,000 and Muon lr 0.17 (9 epochs)"], 0, DATA, proto.epochs, pflop)
+    row = ablations.row_config(
+        proto, ablations.ROWS["the default's crops with batch 1,000, Muon lr 0.17 and anti-aliased pooling (9 epochs)"],
+        0, DATA, proto.epochs, pflop)
     default = load_config(overrides={"name": "ablation", "data": row.data.model_dump()})
     assert row.train.progressive[0].side(32) == default.train.progressive[0].side(32) == 28
-    unpinned = {"progressive": default.train.progressive, "pflop_budget": default.train.pflop_budget}
+    unpinned = {"progressive": default.train.progressive, "pflop_budget": default.train.pflop_budget,
+                "shape_table": default.train.shape_table}
     assert row.model_copy(update={"train": row.train.model_copy(update=unpinned)}) == default
-    assert steps(row, 45_000) == steps(default, 45_000) == 401
+    assert steps(row, 45_000) == steps(default, 45_000) == 400
+    assert not batch_1000.model.pool_blur and steps(batch_1000, 45_000) == 401
     assert (crops.train.batch_size, crops.optim.muon_lr, steps(crops, 45_000)) == (2000, 0.24, 198)
     # The rows on top of the crops at batch 2,000: batch 1,000 takes the steps the compute pays
     # for, the others its 198.

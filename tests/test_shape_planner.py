@@ -221,3 +221,15 @@ def test_a_shape_table_without_a_time_budget_trains_the_named_model_within_the_b
     over = cfg.model_copy(update={"budget": count_params(cfg.model) - 1})
     with pytest.raises(BudgetnetError, match="budget"):
         engine.train(over, tmp_path / "run", quiet=True)
+
+
+def test_a_time_budget_trains_the_flagship_shapes_as_measured_with_2x2_max_pools() -> None:
+    """The recipe trains anti-aliased pools; its shape table was measured with 2x2 max-pools, and a
+    time budget times and trains the shapes as measured, not 3x slower ones on a CPU."""
+    recipe = load_config()
+    assert recipe.model.pool_blur
+    cfg = load_config(overrides={"train": {"time_budget_s": 300.0}})
+    timed: list[bool] = []
+    plan = plan_shape(cfg, 45_000, torch.device("cpu"), lambda c, d: timed.append(c.model.pool_blur) or 1.0,
+                      peak_tflops=1.0)
+    assert timed and not any(timed) and not plan.config.model.pool_blur
