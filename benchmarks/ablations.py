@@ -69,6 +69,8 @@ _MAX_POOLS = {"pool_blur": False}
 _CROPS_28_HALF = [{"until": 0.5, "size": 28, "mode": "crop"}]
 # The default recipe itself in the full protocol: those crops over 9 epochs (1.125x the 8).
 _DEFAULT_CROPS = {"train": {"progressive": _CROPS_28_HALF}, "epochs_factor": 1.125}
+# ... at batch 1,000 with Muon's lr scaled to it, the default before anti-aliased pooling.
+_BATCH_1000 = deep_merge(_DEFAULT_CROPS, {"train": {"batch_size": 1000}, "optim": {"muon_lr": 0.17}})
 ROWS: dict[str, dict[str, Any]] = {
     "3x3 conv stem (BN, 24 ch) instead of whitening": {"model": {"stem": "conv", "stem_width": 24}},
     "kaiming init instead of dirac": {"model": {"conv_init": "kaiming"}},
@@ -218,12 +220,11 @@ ROWS: dict[str, dict[str, Any]] = {
     # Batch 1,000 with Muon's per-step lr x sqrt(1/2), the square-root rule adaptive optimizers
     # scale with the batch by: Muon's step has a fixed size whatever the batch, so at 0.24 twice
     # the steps move the filters about twice as far.
-    "the default's crops with batch 1,000 and Muon lr 0.17 (9 epochs)": deep_merge(
-        _DEFAULT_CROPS, {"train": {"batch_size": 1000}, "optim": {"muon_lr": 0.17}}),
+    "the default's crops with batch 1,000 and Muon lr 0.17 (9 epochs)": _BATCH_1000,
     # On top of it, anti-aliased max-pooling (0.22% more FLOPs: 400 steps in the cap). The
     # default recipe now.
     "the default's crops with batch 1,000, Muon lr 0.17 and anti-aliased pooling (9 epochs)": deep_merge(
-        _DEFAULT_CROPS, {"train": {"batch_size": 1000}, "optim": {"muon_lr": 0.17}, "model": {"pool_blur": True}}),
+        _BATCH_1000, {"model": {"pool_blur": True}}),
 }
 _CROPS = ("random 28 px crops throughout (whole 32 px images at validation), 1.32x the steps",
           "random 28 px crops for the first 75%, 1.22x the steps", "random 28 px crops for the first 50%, 1.14x the steps",
