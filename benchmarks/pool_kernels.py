@@ -4,15 +4,20 @@ speed-run stages keep `nn.MaxPool2d` though pooling is ~12% of their step on a b
 Times `F.max_pool2d` against two formulations built from other ops (a reshape + `amax`, and
 the elementwise maximum of the four strided 2x2 phases) on the three pooled shapes of the
 default recipe's 500-image slices, checking that each gives the same output; then what
-`pool_blur`'s anti-aliased pool costs on the same shapes (its stride-1 max alone, and whole).
+`pool_blur`'s anti-aliased pool costs on the same shapes (its stride-1 max alone, and whole);
+with --compile, also the anti-aliased pool under `torch.compile` (Inductor generates its own
+loops for the max and its backward, where eager `max_pool2d` saves int64 indices and scatters
+through them), its first call's seconds (the compile) apart, and whether its output and input
+gradient equal eager's (summing bf16 gradients in another order would change training's numerics).
 
-    .venv/bin/python benchmarks/pool_kernels.py [--batch 500] [--repeats 5]
+    .venv/bin/python benchmarks/pool_kernels.py [--batch 500] [--repeats 5] [--compile]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="also time the anti-aliased pool compiled")
     args = parser.parse_args()
     dtype = autocast_dtype("auto", torch.device("cpu")) or torch.float32
     print(f"dtype {str(dtype).removeprefix('torch.')}, channels_last, threads {torch.get_num_threads()}")
@@ -66,8 +72,30 @@ def main() -> None:
             cells.append(f"{name} {fwd_bwd_ms(fn, x, args.repeats):.1f} ms{same}")
         print(f"{args.batch}x{c}x{side}x{side}: " + " | ".join(cells))
         stride1 = fwd_bwd_ms(lambda t: F.max_pool2d(t, 2, stride=1), x, args.repeats)
+        eager = MaxBlurPool(c, 2)
         print(f"  anti-aliased (pool_blur): max at stride 1 {stride1:.1f} ms | "
-              f"MaxBlurPool {fwd_bwd_ms(MaxBlurPool(c, 2), x, args.repeats):.1f} ms")
+              f"MaxBlurPool {fwd_bwd_ms(eager, x, args.repeats):.1f} ms")
+        if args.compile:
+            print("  " + compiled_pool(eager, x, args.repeats))
+
+
+def input_grad(pool: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    leaf = x.detach().requires_grad_(True)
+    out = pool(leaf)
+    out.float().square().sum().backward()  # a gradient that varies per element, unlike .sum()'s ones
+    return out.detach(), leaf.grad
+
+
+def compiled_pool(eager: torch.nn.Module, x: torch.Tensor, repeats: int) -> str:
+    compiled = torch.compile(eager, dynamic=False)  # each shape its own graph: a dynamic recompile failed in Inductor
+    start = time.perf_counter()
+    out, grad = input_grad(compiled, x)  # the first call compiles forward and backward
+    first_s = time.perf_counter() - start
+    ref_out, ref_grad = input_grad(eager, x)
+    same = "equal" if torch.equal(out, ref_out) else "DIFFERENT"
+    changed = (grad != ref_grad).float().mean().item()
+    return (f"compiled MaxBlurPool {fwd_bwd_ms(compiled, x, repeats):.1f} ms (first call {first_s:.0f} s; "
+            f"forward {same}; input gradient differs from eager at {100 * changed:.3f}% of elements)")
 
 
 if __name__ == "__main__":
