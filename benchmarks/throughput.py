@@ -1,6 +1,8 @@
 """Training throughput: budgetnet's training step against the seeds' plain PyTorch loop.
 
-For each model (default: the flagship and seed 002's ResNet26-B453):
+For each model (default: the default recipe's model and seed 002's ResNet26-B453; `default`
+names the model `budgetnet train` builds with no recipe named, anti-aliased pools included, any
+other name a zoo preset as it stands):
 - budgetnet: the real `budgetnet.train.engine.train` path (device-resident uint8 data, batched
   crop+flip, precision auto, channels_last), `--epochs` epochs over `--images` images; the
   fastest epoch after the first gives images/s, so one-time warm-up (oneDNN primitive
@@ -14,7 +16,7 @@ The machine's own peak is measured in the same run and dtype: a 2048x2048 matmul
 256-channel convolution forward + backward at 8x8 (batch 256); each model's step is printed as
 a fraction of the GEMM peak.
 
-    .venv/bin/python benchmarks/throughput.py [--data ZIP] [--models speedrun_2m,resnet26_b453]
+    .venv/bin/python benchmarks/throughput.py [--data ZIP] [--models default,speedrun_2m,resnet26_b453]
         [--images 2000] [--epochs 4] [--baseline-steps 4] [--compile]
 
 The last line prints the headline ratios.
@@ -37,10 +39,11 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).parent))
 from loader_throughput import PerSampleDataset  # noqa: E402  (same per-sample pipeline)
 
-from budgetnet.config import load_config  # noqa: E402
+from budgetnet.config import RunConfig, load_config  # noqa: E402
 from budgetnet.data import DataConfig, prepare_data  # noqa: E402
+from budgetnet.errors import BudgetnetError  # noqa: E402
 from budgetnet.machine import fastest_seconds, gemm_peak_tflops  # noqa: E402
-from budgetnet.models import build_model, get_preset, summarize  # noqa: E402
+from budgetnet.models import ResNetSpec, build_model, get_preset, summarize  # noqa: E402
 from budgetnet.runtime import autocast_dtype  # noqa: E402
 from budgetnet.train.engine import train  # noqa: E402
 
@@ -52,25 +55,35 @@ def fastest_epoch_rate(metrics: list[dict[str, str]], images_per_epoch: int) -> 
     return images_per_epoch / min(seconds)
 
 
-def budgetnet_rate(preset: str, data: str, images: int, batch: int, epochs: int,
-                   compile: bool) -> tuple[float, str, float]:
+def model_spec(name: str) -> ResNetSpec:
+    """`default`: the default recipe's model as `budgetnet train` builds it; else a zoo preset."""
+    return load_config().model if name == "default" else get_preset(name)
+
+
+def bench_config(spec: ResNetSpec, data: str, images: int, batch: int, epochs: int, compile: bool) -> RunConfig:
+    """The default recipe's training, on `spec`, every step at full size."""
+    return load_config(
+        overrides={
+            "model": spec.model_dump(mode="json"),
+            "data": {"path": data, "subset": images, "val_size": 0},
+            # A budget too large to bind: its timed steps report the warm-up (compile) time.
+            # The recipe's own micro-batches (500) stay: they are part of the step measured.
+            # No progressive crops: a 28 px epoch costs 0.755 of the FLOPs this rate is
+            # multiplied by, and would be the fastest epoch (read 1.25x high on an AMX CPU).
+            "train": {"epochs": epochs, "batch_size": batch, "tta": False, "compile": compile,
+                      "time_budget_s": 1e6, "progressive": []},
+        }
+    )
+
+
+def budgetnet_rate(cfg: RunConfig, images: int) -> tuple[float, str, float]:
     """Images/s of the fastest timed epoch of a real budgetnet training run, its precision, and
     the seconds of its first (warm-up, compiling) step."""
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(
-            overrides={
-                "model": {"preset": preset},
-                "data": {"path": data, "subset": images, "val_size": 0},
-                # A budget too large to bind: its timed steps report the warm-up (compile) time.
-                # The recipe's own micro-batches (500) stay: they are part of the step measured.
-                "train": {"epochs": epochs, "batch_size": batch, "tta": False, "compile": compile,
-                          "time_budget_s": 1e6},
-            }
-        )
         result = train(cfg, Path(tmp) / "run", quiet=True)
         with open(result.run_dir / "metrics.csv") as f:
             rows = list(csv.DictReader(f))
-        rate = fastest_epoch_rate(rows, images // batch * batch)
+        rate = fastest_epoch_rate(rows, images // cfg.train.batch_size * cfg.train.batch_size)
         return rate, result.summary["precision"], result.summary["warmup_seconds"]
 
 
@@ -94,9 +107,9 @@ def machine_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, float
     return gemm, flops / best_seconds(step) / 1e12
 
 
-def seeds_way_rate(preset: str, x: np.ndarray, y: np.ndarray, batch: int, steps: int) -> float:
+def seeds_way_rate(spec: ResNetSpec, x: np.ndarray, y: np.ndarray, batch: int, steps: int) -> float:
     """Images/s of a plain fp32 eager loop fed by a per-sample DataLoader (2 workers)."""
-    model = build_model(get_preset(preset))
+    model = build_model(spec)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     loader = DataLoader(PerSampleDataset(x, y), batch, shuffle=True, drop_last=True, num_workers=2)
     it = iter(loader)
@@ -115,7 +128,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_zip = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-train-jpg.zip"
     parser.add_argument("--data", default=str(default_zip))
-    parser.add_argument("--models", default="speedrun_2m,resnet26_b453")
+    parser.add_argument("--models", default="default,resnet26_b453",
+                        help="zoo presets, or `default`: the default recipe's model")
     parser.add_argument("--images", type=int, default=2000, help="images per budgetnet epoch")
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=4, help="budgetnet epochs; all but the first are timed")
@@ -124,6 +138,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.epochs < 2 or args.baseline_steps < 1:
         parser.error("--epochs must be at least 2 (the first is warm-up, not timed) and --baseline-steps at least 1")
+    try:
+        specs = {name: model_spec(name) for name in args.models.split(",")}
+    except BudgetnetError as err:
+        parser.error(f"--models: {err}")
 
     data = prepare_data(DataConfig(path=args.data, val_size=0, subset=args.images), "cpu")
     x = data.train.x.permute(0, 2, 3, 1).numpy()
@@ -136,10 +154,11 @@ def main() -> None:
     print(f"machine peak ({str(dtype).removeprefix('torch.')}): GEMM 2048^3 {gemm_peak:.3f} TFLOP/s, "
           f"conv 3x3 fwd+bwd {conv_peak:.3f} TFLOP/s")
     headline = [f"GEMM peak {gemm_peak:.3f} TFLOP/s"]
-    for preset in args.models.split(","):
-        flops = summarize(get_preset(preset)).flops
-        fast, precision, warmup = budgetnet_rate(preset, args.data, args.images, args.batch, args.epochs, compile=False)
-        slow = seeds_way_rate(preset, x, y, args.batch, args.baseline_steps)
+    for preset, spec in specs.items():
+        flops = summarize(spec).flops
+        fast, precision, warmup = budgetnet_rate(
+            bench_config(spec, args.data, args.images, args.batch, args.epochs, compile=False), args.images)
+        slow = seeds_way_rate(spec, x, y, args.batch, args.baseline_steps)
         tflops = 3 * flops * fast / 1e12
         print(f"{preset}: budgetnet {fast:7.1f} img/s ({tflops:.3f} TFLOP/s, {precision}, first step {warmup:.1f}s) | "
               f"seeds' way {slow:7.1f} img/s ({3 * flops * slow / 1e12:.3f} TFLOP/s, fp32) | "
@@ -147,7 +166,8 @@ def main() -> None:
         headline.append(f"{preset} {fast:.0f} img/s {tflops:.3f} TFLOP/s = {100 * tflops / gemm_peak:.0f}% of peak, "
                         f"{fast / slow:.2f}x the seeds' loop")
         if args.compile:
-            compiled, _, compile_s = budgetnet_rate(preset, args.data, args.images, args.batch, args.epochs, compile=True)
+            compiled, _, compile_s = budgetnet_rate(
+                bench_config(spec, args.data, args.images, args.batch, args.epochs, compile=True), args.images)
             print(f"{preset}: budgetnet compiled {compiled:7.1f} img/s ({3 * flops * compiled / 1e12:.3f} TFLOP/s), "
                   f"compile {compile_s:.1f}s | compiled/eager {compiled / fast:.2f}x")
             headline.append(f"compiled {compiled / fast:.2f}x of eager")

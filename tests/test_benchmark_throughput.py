@@ -8,6 +8,8 @@ import sys
 import pytest
 from conftest import load_benchmark
 
+from budgetnet.config import load_config
+
 throughput = load_benchmark("throughput")
 
 
@@ -24,3 +26,23 @@ def test_refuses_runs_with_nothing_timed(flags: list[str], monkeypatch, capsys) 
     with pytest.raises(SystemExit) as exc:
         throughput.main()
     assert exc.value.code == 2 and "--epochs must be at least 2" in capsys.readouterr().err
+
+
+def test_refuses_an_unknown_model_before_the_peak(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", ["throughput.py", "--models", "default,resnet_nope"])
+    with pytest.raises(SystemExit) as exc:
+        throughput.main()
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--models: unknown preset 'resnet_nope'" in err and "Traceback" not in err
+
+
+def test_default_is_the_recipes_model_timed_at_full_size(tmp_path) -> None:
+    # `default` must be the model `budgetnet train` builds (anti-aliased pools included), and
+    # every timed step full size: the rate is multiplied by the 32 px FLOPs per image.
+    spec = throughput.model_spec("default")
+    assert spec == load_config().model and spec.pool_blur
+    cfg = throughput.bench_config(spec, str(tmp_path / "data.zip"), 2000, 500, 4, compile=False)
+    assert cfg.model == spec and cfg.train.progressive == [] and load_config().train.progressive
+    assert (cfg.train.batch_size, cfg.train.micro_batch, cfg.train.epochs) == (500, 500, 4)
+    plain = throughput.bench_config(throughput.model_spec("speedrun_2m"), "x.zip", 2000, 500, 4, compile=False)
+    assert not plain.model.pool_blur and plain.train.progressive == []
