@@ -24,3 +24,19 @@ def test_the_benchmark_prints_the_anti_aliased_pool_beside_the_kernels(monkeypat
     pool_kernels.main()
     out = capsys.readouterr().out
     assert out.count("anti-aliased (pool_blur): max at stride 1") == 3 and "MaxBlurPool" in out
+
+
+def test_the_timed_backward_gets_a_dense_channels_last_gradient() -> None:
+    # As the next layer's backward hands it in the step; `.sum()`'s expanded ones (all strides 0)
+    # took a slower max_pool2d backward path and inflated the pool's timings.
+    seen: list[torch.Tensor] = []
+
+    def pool(t: torch.Tensor) -> torch.Tensor:
+        out = F.max_pool2d(t, 2)
+        if out.requires_grad:
+            out.register_hook(seen.append)
+        return out
+
+    x = torch.randn(3, 5, 8, 6).to(memory_format=torch.channels_last)
+    pool_kernels.fwd_bwd_ms(pool, x, repeats=1)
+    assert seen and all(0 not in g.stride() and g.is_contiguous(memory_format=torch.channels_last) for g in seen)
