@@ -17,7 +17,7 @@ The machine's own peak is measured in the same run and dtype: a 2048x2048 matmul
 a fraction of the GEMM peak.
 
     .venv/bin/python benchmarks/throughput.py [--data ZIP] [--models default,speedrun_2m,resnet26_b453]
-        [--images 2000] [--epochs 4] [--baseline-steps 4] [--compile]
+        [--images 2000] [--epochs 4] [--baseline-steps 3] [--compile]
 
 The last line prints the headline ratios.
 """
@@ -133,11 +133,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000, help="images per budgetnet epoch")
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=4, help="budgetnet epochs; all but the first are timed")
-    parser.add_argument("--baseline-steps", type=int, default=4)
+    parser.add_argument("--baseline-steps", type=int, default=3)  # 4 batches of 500: all 2,000 images
     parser.add_argument("--compile", action="store_true", help="also measure budgetnet with torch.compile")
     args = parser.parse_args()
     if args.epochs < 2 or args.baseline_steps < 1:
         parser.error("--epochs must be at least 2 (the first is warm-up, not timed) and --baseline-steps at least 1")
+    if (args.baseline_steps + 1) * args.batch > args.images:
+        parser.error("--images must hold --baseline-steps + 1 batches: the seeds' loop draws them once, "
+                     "its first untimed")
     try:
         specs = {name: model_spec(name) for name in args.models.split(",")}
     except BudgetnetError as err:

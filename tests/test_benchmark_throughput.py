@@ -28,6 +28,15 @@ def test_refuses_runs_with_nothing_timed(flags: list[str], monkeypatch, capsys) 
     assert exc.value.code == 2 and "--epochs must be at least 2" in capsys.readouterr().err
 
 
+def test_refuses_a_seeds_loop_longer_than_the_images(monkeypatch, capsys) -> None:
+    # 3 batches of 1,000 from 2,000 images: the loop's DataLoader would run dry mid-benchmark.
+    argv = ["throughput.py", "--batch", "1000", "--images", "2000", "--baseline-steps", "2"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exc:
+        throughput.main()
+    assert exc.value.code == 2 and "--images must hold --baseline-steps + 1 batches" in capsys.readouterr().err
+
+
 def test_refuses_an_unknown_model_before_the_peak(monkeypatch, capsys) -> None:
     monkeypatch.setattr(sys, "argv", ["throughput.py", "--models", "default,resnet_nope"])
     with pytest.raises(SystemExit) as exc:
