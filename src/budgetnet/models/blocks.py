@@ -236,8 +236,9 @@ class MaxBlurPool(nn.Module):
     again"): the max over each `pool` x `pool` window at stride 1, then a fixed binomial blur
     subsampled at stride `pool`. Same output size as MaxPool2d(pool). The blur is a depthwise
     3x3 conv on the pooled map, ~0.2% of speedrun_2m's FLOPs; the seconds are another matter:
-    the stride-1 max touches 4x the elements, and on a bf16 CPU the three pools of speedrun_2m
-    took 2.8x as long as 2x2 max-pools, forward + backward (benchmarks/pool_kernels.py)."""
+    the stride-1 max touches 4x the elements, and on an AVX2 CPU in fp32 the three pools of
+    speedrun_2m took 2.5x as long as 2x2 max-pools, forward + backward (benchmarks/pool_kernels.py),
+    and made its whole step 1.22x as long (benchmarks/throughput.py)."""
 
     def __init__(self, channels: int, pool: int):
         super().__init__()
@@ -272,8 +273,8 @@ class ConvPoolStage(nn.Module):
         super().__init__()
         self.conv = conv(in_ch, out_ch, 3)
         # ~12% of speedrun_2m's bf16 step on an AVX512-BF16 CPU, yet the fastest 2x2 max-pool
-        # there: 2.6-5.2x faster forward + backward than reshape + amax or a maximum of the four
-        # strided phases (benchmarks/pool_kernels.py).
+        # measured: 4.4-10x faster forward + backward than reshape + amax or a maximum of the
+        # four strided phases on an AVX2 CPU in fp32 (benchmarks/pool_kernels.py).
         self.pool: nn.Module = nn.Identity()
         if pool > 1:
             self.pool = MaxBlurPool(out_ch, pool) if blur else nn.MaxPool2d(pool)
