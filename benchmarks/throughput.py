@@ -157,21 +157,21 @@ def main() -> None:
     print(f"machine peak ({str(dtype).removeprefix('torch.')}): GEMM 2048^3 {gemm_peak:.3f} TFLOP/s, "
           f"conv 3x3 fwd+bwd {conv_peak:.3f} TFLOP/s")
     headline = [f"GEMM peak {gemm_peak:.3f} TFLOP/s"]
-    for preset, spec in specs.items():
+    for name, spec in specs.items():
         flops = summarize(spec).flops
         fast, precision, warmup = budgetnet_rate(
             bench_config(spec, args.data, args.images, args.batch, args.epochs, compile=False), args.images)
         slow = seeds_way_rate(spec, x, y, args.batch, args.baseline_steps)
         tflops = 3 * flops * fast / 1e12
-        print(f"{preset}: budgetnet {fast:7.1f} img/s ({tflops:.3f} TFLOP/s, {precision}, first step {warmup:.1f}s) | "
+        print(f"{name}: budgetnet {fast:7.1f} img/s ({tflops:.3f} TFLOP/s, {precision}, first step {warmup:.1f}s) | "
               f"seeds' way {slow:7.1f} img/s ({3 * flops * slow / 1e12:.3f} TFLOP/s, fp32) | "
               f"ratio {fast / slow:.2f}x | {100 * tflops / gemm_peak:.0f}% of GEMM peak")
-        headline.append(f"{preset} {fast:.0f} img/s {tflops:.3f} TFLOP/s = {100 * tflops / gemm_peak:.0f}% of peak, "
+        headline.append(f"{name} {fast:.0f} img/s {tflops:.3f} TFLOP/s = {100 * tflops / gemm_peak:.0f}% of peak, "
                         f"{fast / slow:.2f}x the seeds' loop")
         if args.compile:
             compiled, _, compile_s = budgetnet_rate(
                 bench_config(spec, args.data, args.images, args.batch, args.epochs, compile=True), args.images)
-            print(f"{preset}: budgetnet compiled {compiled:7.1f} img/s ({3 * flops * compiled / 1e12:.3f} TFLOP/s), "
+            print(f"{name}: budgetnet compiled {compiled:7.1f} img/s ({3 * flops * compiled / 1e12:.3f} TFLOP/s), "
                   f"compile {compile_s:.1f}s | compiled/eager {compiled / fast:.2f}x")
             headline.append(f"compiled {compiled / fast:.2f}x of eager")
     print("throughput: " + "; ".join(headline))

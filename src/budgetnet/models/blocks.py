@@ -237,8 +237,9 @@ class MaxBlurPool(nn.Module):
     subsampled at stride `pool`. Same output size as MaxPool2d(pool). The blur is a depthwise
     3x3 conv on the pooled map, ~0.2% of speedrun_2m's FLOPs; the seconds are another matter:
     the stride-1 max touches 4x the elements, and on an AVX2 CPU in fp32 the three pools of
-    speedrun_2m took 2.5x as long as 2x2 max-pools, forward + backward (benchmarks/pool_kernels.py),
-    and made its whole step 1.22x as long (benchmarks/throughput.py)."""
+    speedrun_2m took 2.5x as long as 2x2 max-pools, forward + backward (benchmarks/pool_kernels.py).
+    Whole default runs took 2.5-3x as long on an AMX CPU in bf16; on that AVX2 CPU the 1,000-image
+    step's cost stayed within the host's run-to-run noise (benchmarks/throughput.py)."""
 
     def __init__(self, channels: int, pool: int):
         super().__init__()
