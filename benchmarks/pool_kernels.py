@@ -49,7 +49,7 @@ def fwd_bwd_ms(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repe
     leaf = x.detach().requires_grad_(True)
     # A dense gradient in the output's memory format, as the next layer's backward hands it.
     # `.sum().backward()`'s expanded ones send max_pool2d's backward down a slower path.
-    grad = torch.ones_like(fn(x))
+    grad = torch.ones_like(fn(leaf))  # `leaf`, not `x`: a compiled fn would recompile for a no-grad input
 
     def step() -> None:
         leaf.grad = None  # each backward writes a fresh gradient, not an accumulation

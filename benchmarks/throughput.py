@@ -76,14 +76,15 @@ def bench_config(spec: ResNetSpec, data: str, images: int, batch: int, epochs: i
     )
 
 
-def budgetnet_rate(cfg: RunConfig, images: int) -> tuple[float, str, float]:
+def budgetnet_rate(cfg: RunConfig) -> tuple[float, str, float]:
     """Images/s of the fastest timed epoch of a real budgetnet training run, its precision, and
     the seconds of its first (warm-up, compiling) step."""
     with tempfile.TemporaryDirectory() as tmp:
         result = train(cfg, Path(tmp) / "run", quiet=True)
         with open(result.run_dir / "metrics.csv") as f:
             rows = list(csv.DictReader(f))
-        rate = fastest_epoch_rate(rows, images // cfg.train.batch_size * cfg.train.batch_size)
+        batch = cfg.train.batch_size
+        rate = fastest_epoch_rate(rows, cfg.data.subset // batch * batch)
         return rate, result.summary["precision"], result.summary["warmup_seconds"]
 
 
@@ -160,7 +161,7 @@ def main() -> None:
     for name, spec in specs.items():
         flops = summarize(spec).flops
         fast, precision, warmup = budgetnet_rate(
-            bench_config(spec, args.data, args.images, args.batch, args.epochs, compile=False), args.images)
+            bench_config(spec, args.data, args.images, args.batch, args.epochs, compile=False))
         slow = seeds_way_rate(spec, x, y, args.batch, args.baseline_steps)
         tflops = 3 * flops * fast / 1e12
         print(f"{name}: budgetnet {fast:7.1f} img/s ({tflops:.3f} TFLOP/s, {precision}, first step {warmup:.1f}s) | "
@@ -170,7 +171,7 @@ def main() -> None:
                         f"{fast / slow:.2f}x the seeds' loop")
         if args.compile:
             compiled, _, compile_s = budgetnet_rate(
-                bench_config(spec, args.data, args.images, args.batch, args.epochs, compile=True), args.images)
+                bench_config(spec, args.data, args.images, args.batch, args.epochs, compile=True))
             print(f"{name}: budgetnet compiled {compiled:7.1f} img/s ({3 * flops * compiled / 1e12:.3f} TFLOP/s), "
                   f"compile {compile_s:.1f}s | compiled/eager {compiled / fast:.2f}x")
             headline.append(f"compiled {compiled / fast:.2f}x of eager")
