@@ -10,8 +10,9 @@ resizing or the batch size, get the steps that compute pays for). Two protocols:
   on the parameters Muon does not train, and airbench's SGD learning rates as published, which
   are for a loss summed over the batch (budgetnet's is the mean; rows measure both changes).
 - `full` (the validation protocol, for a GPU or a fast CPU): 45,000 training images and 5,000
-  held out (split seed 0), the recipe's own 8 epochs, about 0.25 PFLOP a row; the baseline is
-  the default recipe as it is, and an EMA of the weights gets a row (over the proxy's 15 steps
+  held out (split seed 0), 8 epochs, about 0.25 PFLOP a row; the baseline is the default recipe
+  before crops (batches of 2,000, Muon lr 0.24, 2x2 max-pools: what its rows were measured
+  against; the crop, batch and pooling rows are the changes since), and an EMA of the weights gets a row (over the proxy's 15 steps
   it would average untrained weights).
 
 Rows print and append to `--out` (JSON lines) as they finish; a row already in that file is
@@ -325,7 +326,7 @@ def main() -> None:
     default_zip = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-train-jpg.zip"
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="proxy")
     parser.add_argument("--data", default=str(default_zip))
-    parser.add_argument("--epochs", type=int, help="epochs of the baseline (proxy: 3, full: the recipe's 8)")
+    parser.add_argument("--epochs", type=int, help="epochs of the baseline (proxy: 3, full: 8)")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--deadline-s", type=float, help="start no row after this many seconds")
     parser.add_argument("--rows", action="append", help="only the baseline and the rows whose name contains this "

@@ -6,8 +6,9 @@ TTA on the final validation) and writes the shape table the planner reads. Runs 
 finished in `--runs-dir` are read, not trained again, so a killed build continues.
 
 `sweep --seconds S`: trains `budgetnet train --time-budget S` as a new user would (the
-planner picks the shape and its epochs) and every other shape of the table with the same S
-and the epochs S holds for it, and prints one table: shape, planned or not, expected and
+planner picks the shape and its epochs) and every other shape of the recipe's shipped table, as
+that table names it (its model overrides, pools included), with the same S and the epochs S holds
+for it, and prints one table: shape, planned or not, expected and
 measured validation accuracy, epochs, seconds.
 
     .venv/bin/python benchmarks/shape_planner.py table [--data ZIP] [--runs-dir DIR]
@@ -88,15 +89,18 @@ def sweep(args: argparse.Namespace) -> None:
     base = {"data": {"path": args.data}, "train": {"time_budget_s": args.seconds, **limits}}
     planned = trained(root / "planned", base)
     plan = json.loads((root / "planned" / "shape_plan.json").read_text())
+    # Each shape as the table names it: the shipped table's shapes carry their pools (2x2, as
+    # measured), which the recipe's model (anti-aliased) would otherwise give them.
+    models = {shape.name: shape.model for shape in load_shape_table(load_config().train.shape_table).shapes}
     rows = []
     for candidate in plan["candidates"]:
         name = candidate["name"]
-        channels = WIDTHS[name][0]
+        model = models[name]
         # Each shape for the epochs S holds at its own pace, as the planner sets them for its choice
         # (the recipe's epochs would leave a small shape's S mostly unspent on a fast machine).
         epochs = epochs_to_train(candidate["epochs"])
         s = planned if name == plan["choice"] else trained(
-            root / f"w{channels[0]}", {**base, "model": {"channels": channels}, "train": {**base["train"], "epochs": epochs}})
+            root / f"w{model['channels'][0]}", {**base, "model": model, "train": {**base["train"], "epochs": epochs}})
         # A shape the planner ruled out untimed carries its ceiling: at most that.
         expected = f"{'' if candidate.get('timed', True) else '<= '}{candidate['expected_acc']:.1f}%"
         rows.append((name, name == plan["choice"], expected, s))

@@ -93,7 +93,7 @@ def train(
                    "--time-budget the tighter wins; none lifts a recipe's budget.") = None,
     optimizer: flag("--optimizer", str, OPTIMIZER, Sets("optim.name"),
                        "sgd, adam, adamw, adamax, adagrad, rmsprop, adadelta, asgd, muon (Muon on conv filters, "
-                       "Nesterov SGD on the rest)") = None,
+                       "momentum SGD on the rest)") = None,
     lr: flag("--lr", float, OPTIMIZER, Sets("optim.lr"), "Peak learning rate.") = None,
     weight_decay: flag("--weight-decay", float, OPTIMIZER, Sets("optim.weight_decay")) = None,
     schedule: flag("--schedule", str, OPTIMIZER, Sets("schedule.name"),
@@ -105,7 +105,7 @@ def train(
     json_out: Annotated[bool, typer.Option("--json", help="Print summary.json at the end.",
                                            rich_help_panel=OUTPUT)] = False,
 ) -> None:
-    """Train a budgeted ResNet: the flagship recipe unless a config, recipe or model is named."""
+    """Train a budgeted ResNet: the flagship recipe unless a config or recipe is named; a model named replaces its model."""
     from budgetnet.config import build_config, read_yaml_mapping
     from budgetnet.train.engine import TrainingInterrupted
     from budgetnet.train.engine import train as run_training

@@ -312,8 +312,9 @@ for _preset in (
     register_preset(_preset)
 
 
-# budgetnet's own presets: the fast default (ResNet-9 / airbench-style stages, pooling before
-# BN so BN and ReLU touch 4x fewer elements) and its widest sibling under 5M for long runs.
+# budgetnet's own presets, from before the recipes took the speed-run family below: a fast
+# ResNet-9 / airbench-style net (pooling before BN so BN and ReLU touch 4x fewer elements) and
+# its widest sibling under 5M for long runs.
 # All four are designed at 32x32 (`design_size`): at another input size the first stage pools
 # by as much more (or less), so the later stages, the head and the parameter count stay as
 # designed and the FLOPs grow only in the first stage.
@@ -337,7 +338,8 @@ register_preset(
             stem_width=64, head_scale=0.125, design_size=32,
         ),
         "budgetnet (after Page's ResNet-9 and airbench)",
-        notes="The flagship's shape widened and deepened to just under 5M, for the long recipe.",
+        notes="The flagship's shape widened and deepened to just under 5M, for long runs (the long "
+        "recipe trains speedrun_5m).",
     )
 )
 # The speed-run family (Jordan's airbench94/95 shapes, after Page's ResNet-9): a frozen 2x2

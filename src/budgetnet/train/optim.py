@@ -6,8 +6,9 @@ group: no weight decay (decaying a BN scale only fights the next layer's weights
 different learning rate. `no_decay_bn_bias` and `bn_bias_lr_scale` expose both.
 
 `muon` is the optimizer of the fastest public CIFAR-10 speed runs (airbench94 with Muon):
-torch.optim.Muon orthogonalizes the momentum of every convolution filter bank, viewed as an
-(out, in*kh*kw) matrix, while Nesterov SGD trains the rest (BN shifts, biases, the head).
+`FilterMuon` (torch.optim.Muon's iteration, for 4-D filters and fp32 on CPUs) orthogonalizes the
+momentum of every convolution filter bank, viewed as an (out, in*kh*kw) matrix, while momentum
+SGD (Nesterov if asked) trains the rest (BN shifts, biases, the head).
 Every parameter group carries `peak_lr`; the loop sets `lr = peak_lr * schedule factor`.
 Each optimizer's config holds only the settings it uses (`OptimConfig` is a union tagged by
 `name`, train/tagged.py).
