@@ -7,9 +7,9 @@ finished in `--runs-dir` are read, not trained again, so a killed build continue
 
 `sweep --seconds S`: trains `budgetnet train --time-budget S` as a new user would (the
 planner picks the shape and its epochs) and every other shape of the recipe's shipped table, as
-that table names it (its model overrides, pools included), with the same S and the epochs S holds
-for it, and prints one table: shape, planned or not, expected and
-measured validation accuracy, epochs, seconds.
+that table names it (its model overrides, pools included), with the same S and the epochs S
+holds for it, and prints one table: shape, planned or not, expected and measured validation
+accuracy, epochs, seconds.
 
     .venv/bin/python benchmarks/shape_planner.py table [--data ZIP] [--runs-dir DIR]
         [--out src/budgetnet/recipes/shapes/flagship.yaml]
@@ -91,7 +91,8 @@ def sweep(args: argparse.Namespace) -> None:
     plan = json.loads((root / "planned" / "shape_plan.json").read_text())
     # Each shape as the table names it: the shipped table's shapes carry their pools (2x2, as
     # measured), which the recipe's model (anti-aliased) would otherwise give them.
-    models = {shape.name: shape.model for shape in load_shape_table(load_config().train.shape_table).shapes}
+    recipe = load_config().train
+    models = {shape.name: shape.model for shape in load_shape_table(recipe.shape_table).shapes}
     rows = []
     for candidate in plan["candidates"]:
         name = candidate["name"]
@@ -105,7 +106,6 @@ def sweep(args: argparse.Namespace) -> None:
         expected = f"{'' if candidate.get('timed', True) else '<= '}{candidate['expected_acc']:.1f}%"
         rows.append((name, name == plan["choice"], expected, s))
     best = max(s["final_val_acc"] for *_, s in rows)
-    recipe = load_config().train
     cap = "none" if args.uncapped else f"{recipe.pflop_budget:g} PFLOP"
     print(f"Time budget {args.seconds:g} s, compute cap {cap}; machine: {describe_machine()}")
     print("| shape | planned | expected | val acc (TTA) | epochs | train PFLOP | train s | params |")
